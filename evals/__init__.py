@@ -1,0 +1,1 @@
+"""Evaluate candidates vs the API baseline with confidence intervals and a gate."""

@@ -1,0 +1,1 @@
+"""LoRA / QLoRA fine-tune on chat JSONL."""

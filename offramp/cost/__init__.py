@@ -1,0 +1,1 @@
+"""Price catalogue, cost model and break-even."""

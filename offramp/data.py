@@ -1,0 +1,243 @@
+"""Task data in OpenAI chat JSONL: loading and validating it, converting CSV / JSONL into it, splitting it.
+
+A record is `{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`. For classification
+tasks the last assistant turn is the label.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from offramp.errors import OfframpError
+from offramp.paths import atomic_dir, write_json
+from offramp.reports import now_iso
+
+ROLES = {"system", "user", "assistant"}
+BUILTIN = {"banking77"}
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str
+
+
+def system_prompt(labels: list[str], style: str = "short", task: str = "customer banking query") -> str:
+    if style == "short":
+        return f"Classify the {task} into one intent label. Answer with the label only."
+    if style == "labels":
+        return (
+            f"Classify the {task} into exactly one of these intent labels and answer with the label only.\n"
+            "Labels: " + ", ".join(labels)
+        )
+    raise OfframpError(f"unknown system prompt style {style!r}; use short or labels")
+
+
+def to_chat(ex: Example, system: str) -> dict:
+    return {
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": ex.text},
+            {"role": "assistant", "content": ex.label},
+        ]
+    }
+
+
+def validate_record(obj: object, where: str, *, need_assistant: bool = True) -> dict:
+    if not isinstance(obj, dict):
+        raise OfframpError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    msgs = obj.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise OfframpError(f"{where}: missing or empty 'messages' (OpenAI chat format expected)")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise OfframpError(f"{where}: messages[{i}] needs a role in {sorted(ROLES)} and string content")
+    if not any(m["role"] == "user" for m in msgs):
+        raise OfframpError(f"{where}: no user turn")
+    if need_assistant and msgs[-1]["role"] != "assistant":
+        raise OfframpError(f"{where}: the last message must be the assistant's answer")
+    return obj
+
+
+def load_chat_jsonl(path: Path, *, need_assistant: bool = True) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise OfframpError(f"{path}: no such file")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise OfframpError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            records.append(validate_record(obj, f"{path}:{n}", need_assistant=need_assistant))
+    if not records:
+        raise OfframpError(f"{path}: no records")
+    return records
+
+
+def record_label(rec: dict) -> str:
+    return rec["messages"][-1]["content"].strip()
+
+
+def record_prompt(rec: dict) -> list[dict]:
+    """The messages the model sees: everything before the final assistant answer."""
+    return rec["messages"][:-1]
+
+
+def write_jsonl(path: Path, records: Iterable[dict]) -> int:
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def _stable_key(seed: int, text: str) -> str:
+    return hashlib.sha256(f"{seed}\0{text}".encode()).hexdigest()
+
+
+def per_label_subset(examples: list[Example], per_label: int | None, seed: int) -> list[Example]:
+    """Deterministic: per label, the `per_label` examples with the smallest seeded hash; order shuffled by hash."""
+    by_label: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        by_label[ex.label].append(ex)
+    chosen = []
+    for label in sorted(by_label):
+        group = sorted(by_label[label], key=lambda e: _stable_key(seed, e.text))
+        chosen.extend(group if per_label is None else group[:per_label])
+    return sorted(chosen, key=lambda e: _stable_key(seed + 1, e.label + "\0" + e.text))
+
+
+def stratified_split(examples: list[Example], test_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    if not 0 < test_fraction < 1:
+        raise OfframpError(f"test fraction must be in (0, 1), got {test_fraction}")
+    by_label: dict[str, list[Example]] = defaultdict(list)
+    for ex in examples:
+        by_label[ex.label].append(ex)
+    train, test = [], []
+    for label in sorted(by_label):
+        group = sorted(by_label[label], key=lambda e: _stable_key(seed, e.text))
+        k = max(1, round(len(group) * test_fraction)) if len(group) > 1 else 0
+        test.extend(group[:k])
+        train.extend(group[k:])
+    return train, test
+
+
+def read_csv(path: Path, text_col: str, label_col: str) -> list[Example]:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        for c in (text_col, label_col):
+            if c not in cols:
+                raise OfframpError(f"{path}: no column {c!r} (columns: {', '.join(cols)})")
+        out = []
+        for n, row in enumerate(reader, 2):
+            text, label = (row[text_col] or "").strip(), (row[label_col] or "").strip()
+            if not text or not label:
+                raise OfframpError(f"{path}:{n}: empty {text_col if not text else label_col}")
+            out.append(Example(text, label))
+    if not out:
+        raise OfframpError(f"{path}: no rows")
+    return out
+
+
+def read_examples(path: Path, text_col: str = "text", label_col: str = "label") -> list[Example]:
+    path = Path(path)
+    if not path.is_file():
+        raise OfframpError(f"{path}: no such file")
+    if path.suffix == ".csv":
+        return read_csv(path, text_col, label_col)
+    if path.suffix in (".jsonl", ".json"):
+        out = []
+        for rec in load_chat_jsonl(path):
+            users = [m["content"] for m in rec["messages"] if m["role"] == "user"]
+            out.append(Example(users[-1], record_label(rec)))
+        return out
+    raise OfframpError(f"{path}: expected .csv or .jsonl")
+
+
+def builtin_dir(name: str) -> Path:
+    return Path(str(resources.files("offramp.datasets") / name))
+
+
+def builtin_splits(name: str) -> tuple[list[Example], list[Example], list[str]]:
+    if name != "banking77":
+        raise OfframpError(f"unknown built-in task {name!r}; known: {', '.join(sorted(BUILTIN))}")
+    d = builtin_dir(name)
+    labels = json.loads((d / "categories.json").read_text())
+    return read_csv(d / "train.csv", "text", "category"), read_csv(d / "test.csv", "text", "category"), labels
+
+
+def prepare(
+    source: str,
+    out: Path,
+    *,
+    per_label: int | None = None,
+    test_per_label: int | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    prompt_style: str = "short",
+    text_col: str = "text",
+    label_col: str = "label",
+    overwrite: bool = True,
+) -> dict:
+    """Write train.jsonl, test.jsonl, labels.json and data_report.json into `out` (atomically)."""
+    if per_label is not None and per_label < 1 or test_per_label is not None and test_per_label < 1:
+        raise OfframpError("--per-label and --test-per-label must be at least 1")
+    if source in BUILTIN:
+        train, test, labels = builtin_splits(source)
+        origin = f"built-in {source} (vendored, see offramp/datasets/{source}/README.md)"
+    else:
+        examples = read_examples(Path(source), text_col, label_col)
+        train, test = stratified_split(examples, test_fraction, seed)
+        labels = sorted({e.label for e in examples})
+        origin = str(Path(source).resolve())
+    train = per_label_subset(train, per_label, seed)
+    test = per_label_subset(test, test_per_label, seed)
+    if not train or not test:
+        raise OfframpError(f"empty split (train {len(train)}, test {len(test)}): give more data per label")
+    unknown = {e.label for e in train + test} - set(labels)
+    if unknown:
+        raise OfframpError(f"labels not in the label set: {sorted(unknown)[:5]}")
+    system = system_prompt(labels, prompt_style)
+    with atomic_dir(Path(out), overwrite=overwrite) as tmp:
+        n_train = write_jsonl(tmp / "train.jsonl", (to_chat(e, system) for e in train))
+        n_test = write_jsonl(tmp / "test.jsonl", (to_chat(e, system) for e in test))
+        write_json(tmp / "labels.json", labels)
+        report = {
+            "stage": "data",
+            "created_at": now_iso(),
+            "source": origin,
+            "seed": seed,
+            "per_label": per_label,
+            "test_per_label": test_per_label,
+            "prompt_style": prompt_style,
+            "labels": len(labels),
+            "train": n_train,
+            "test": n_test,
+            "train_labels": len({e.label for e in train}),
+            "test_labels": len({e.label for e in test}),
+            "min_train_per_label": min(Counter(e.label for e in train).values()),
+        }
+        write_json(tmp / "data_report.json", report)
+    return report
+
+
+def load_labels(data_dir_or_file: Path) -> list[str]:
+    p = Path(data_dir_or_file)
+    cand = p / "labels.json" if p.is_dir() else p.with_name("labels.json")
+    if cand.is_file():
+        return json.loads(cand.read_text())
+    recs = load_chat_jsonl(p if p.is_file() else p / "train.jsonl")
+    return sorted({record_label(r) for r in recs})

