@@ -70,6 +70,9 @@ def env_path(name: str) -> Path:
 
 
 def _uv() -> list[str]:
+    beside = Path(sys.executable).parent / "uv"
+    if beside.is_file():
+        return [str(beside)]
     if exe := shutil.which("uv"):
         return [exe]
     try:

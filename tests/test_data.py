@@ -1,0 +1,93 @@
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from offramp.data import load_chat_jsonl, load_labels, prepare, record_label
+from offramp.errors import OfframpError
+
+
+def _labels(path: Path) -> Counter:
+    return Counter(record_label(r) for r in load_chat_jsonl(path))
+
+
+def test_banking77_subset_counts_and_labels(tmp_path):
+    report = prepare("banking77", tmp_path / "b77", per_label=20, test_per_label=3)
+    train, test = _labels(tmp_path / "b77/train.jsonl"), _labels(tmp_path / "b77/test.jsonl")
+    assert len(train) == len(test) == 77
+    assert set(train.values()) == {20} and set(test.values()) == {3}
+    assert report["train"] == 1540 and report["test"] == 231
+    assert load_labels(tmp_path / "b77") == json.loads((tmp_path / "b77/labels.json").read_text())
+    assert len(load_labels(tmp_path / "b77")) == 77
+
+
+def test_banking77_full_split_matches_the_published_sizes(tmp_path):
+    report = prepare("banking77", tmp_path / "full")
+    assert (report["train"], report["test"], report["labels"]) == (10003, 3080, 77)
+
+
+def test_prepare_is_deterministic_and_seed_dependent(tmp_path):
+    a = prepare("banking77", tmp_path / "a", per_label=5, test_per_label=2, seed=1)
+    b = prepare("banking77", tmp_path / "b", per_label=5, test_per_label=2, seed=1)
+    c = prepare("banking77", tmp_path / "c", per_label=5, test_per_label=2, seed=2)
+    assert a["train"] == b["train"] == c["train"] == 385
+    read = lambda d: (tmp_path / d / "train.jsonl").read_bytes()  # noqa: E731
+    assert read("a") == read("b")
+    assert read("a") != read("c")
+
+
+def test_records_are_openai_chat_with_label_as_answer(tmp_path):
+    prepare("banking77", tmp_path / "d", per_label=1, test_per_label=1, prompt_style="labels")
+    rec = json.loads((tmp_path / "d/train.jsonl").read_text().splitlines()[0])
+    roles = [m["role"] for m in rec["messages"]]
+    assert roles == ["system", "user", "assistant"]
+    assert "card_arrival" in rec["messages"][0]["content"]  # the labels style lists every label
+    assert rec["messages"][2]["content"] in load_labels(tmp_path / "d")
+
+
+def test_csv_source_gets_a_stratified_split(tmp_path):
+    rows = ["text,label"] + [f"question {i} about {lab},{lab}" for lab in ("a", "b") for i in range(10)]
+    (tmp_path / "mine.csv").write_text("\n".join(rows) + "\n")
+    report = prepare(str(tmp_path / "mine.csv"), tmp_path / "out", test_fraction=0.3)
+    assert (report["train"], report["test"]) == (14, 6)
+    assert _labels(tmp_path / "out/test.jsonl") == Counter({"a": 3, "b": 3})
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"prompt": "x"}', "missing or empty 'messages'"),
+        ('{"messages": [{"role": "user", "content": "hi"}]}', "last message must be the assistant"),
+        ('{"messages": [{"role": "bot", "content": "hi"}]}', "messages[0]"),
+    ],
+)
+def test_bad_jsonl_names_file_and_line(tmp_path, line, message):
+    good = '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}'
+    f = tmp_path / "bad.jsonl"
+    f.write_text(good + "\n" + line + "\n")
+    with pytest.raises(OfframpError, match=rf"bad.jsonl:2: .*{re.escape(message)}"):
+        load_chat_jsonl(f)
+
+
+def test_empty_split_is_an_error_and_writes_nothing(tmp_path):
+    (tmp_path / "one.csv").write_text("text,label\nonly one,a\n")
+    with pytest.raises(OfframpError, match="empty split"):
+        prepare(str(tmp_path / "one.csv"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_cli_prepare_and_validate(tmp_path, cli):
+    res = cli("data", "prepare", "banking77", "--per-label", "2", "--test-per-label", "1", "--out", str(tmp_path / "x"))
+    assert res.returncode == 0, res.stderr
+    res = cli("data", "validate", str(tmp_path / "x/train.jsonl"))
+    assert res.returncode == 0 and "154 records, 77 distinct" in res.stdout
+    (tmp_path / "broken.jsonl").write_text('{"messages": []}\n')
+    res = cli("data", "validate", str(tmp_path / "broken.jsonl"))
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == [
+        f"offramp: error: {tmp_path / 'broken.jsonl'}:1: missing or empty 'messages' (OpenAI chat format expected)"
+    ]
