@@ -1,0 +1,102 @@
+"""The pipeline's config: one YAML file, validated with pydantic so an error names the key and the reason."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from offramp.errors import OfframpError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskConfig(_Strict):
+    source: str = "banking77"  # built-in name, or a .csv / chat .jsonl path
+    train_per_label: int | None = Field(20, ge=1)
+    test_per_label: int | None = Field(3, ge=1)
+    prompt_style: Literal["short", "labels"] = "short"
+    seed: int = 0
+
+
+class FinetuneConfig(_Strict):
+    enabled: bool = True
+    recipe: str = "default"  # default | full | path to a recipe YAML
+    args: list[str] = []  # extra `offramp finetune` flags, e.g. ["--rank", "32"]
+
+
+class QuantizeConfig(_Strict):
+    methods: list[Literal["bnb-nf4", "bnb-int8", "gptq-w4a16", "w8a8-int8"]] = []
+
+
+class BaselineConfig(_Strict):
+    name: str
+    spec: str  # openai:MODEL, http://host:port/v1, or cited:TASK/NAME
+    fallback: str | None = None  # used when spec needs a key that is not set (e.g. a cited score)
+
+
+class ServeConfig(_Strict):
+    enabled: bool = True
+    concurrency: list[int] = [1, 4]
+    num_prompts: int = Field(32, ge=1)
+    slo_p99_ttft_s: float = Field(2.0, gt=0)
+    slo_p99_tpot_ms: float = Field(200.0, gt=0)
+    structured_choice: bool = True
+    args: list[str] = []  # extra `offramp serve` flags
+
+
+class CostConfig(_Strict):
+    api_model: str = "gpt-4o-mini"
+    host: str | None = "aws-c7i-xlarge"
+    host_price_per_hour: float | None = Field(None, ge=0)
+    requests_per_month: int = Field(1_000_000, ge=0)
+    peak_to_average: float = Field(3.0, ge=1)
+    args: list[str] = []  # extra `offramp breakeven` flags
+
+
+class PipelineConfig(_Strict):
+    name: str = "default"
+    model: str = "smollm2-135m-instruct"
+    task: TaskConfig = TaskConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    baselines: list[BaselineConfig] = [
+        BaselineConfig(name="gpt-4o-mini", spec="openai:gpt-4o-mini", fallback="cited:banking77/gpt-4-1shot")
+    ]
+    gate: str = "accuracy>=baseline-5"
+    serve: ServeConfig = ServeConfig()
+    cost: CostConfig = CostConfig()
+
+    @field_validator("gate")
+    @classmethod
+    def _gate_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be an expression such as accuracy>=baseline-2")
+        return v
+
+
+def default_config_path() -> Path:
+    return Path(str(resources.files("offramp") / "configs" / "pipeline-cpu.yaml"))
+
+
+def load_config(path: Path | None) -> PipelineConfig:
+    path = Path(path) if path else default_config_path()
+    if not path.is_file():
+        raise OfframpError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise OfframpError(f"{path}: not valid YAML ({e.__class__.__name__}: {e})") from None
+    if not isinstance(raw, dict):
+        raise OfframpError(f"{path}: expected a mapping of keys at the top level")
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise OfframpError(f"{path}: {key}: {err['msg']}") from None

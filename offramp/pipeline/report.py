@@ -1,0 +1,226 @@
+"""The decision report: one self-contained HTML page (plots embedded) plus report.json.
+
+Every number shown carries its provenance: measured here (on which hardware), list price (of which date),
+or cited (which paper).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+from offramp.artifacts import load_report
+from offramp.errors import OfframpError
+from offramp.hardware import hardware_summary
+from offramp.paths import atomic_write_text, read_json
+from offramp.pipeline.runner import StageResult
+from offramp.reports import now_iso
+
+
+def _maybe(path: Path | None, kind: str | None = None) -> Any:
+    if path is None or not path.is_file():
+        return None
+    try:
+        return load_report(path, kind).model_dump() if kind else read_json(path)
+    except (OfframpError, ValueError):
+        return None
+
+
+def collect(cfg: dict, results: list[StageResult]) -> dict:
+    dirs = {r.name: r.workdir for r in results if r.status in ("done", "cached")}
+    ev = _maybe(dirs["eval"] / "eval_report.json", "eval") if "eval" in dirs else None
+    bench = _maybe(dirs["serve"] / "bench_report.json", "bench") if "serve" in dirs else None
+    be = _maybe(dirs["breakeven"] / "breakeven_report.json") if "breakeven" in dirs else None
+    ft = _maybe(dirs["finetune"] / "adapter" / "finetune_report.json") if "finetune" in dirs else None
+    failed = [r for r in results if r.status in ("failed", "skipped")]
+    return {
+        "created_at": now_iso(),
+        "hardware": hardware_summary(),
+        "config": cfg,
+        "verdict": verdict(ev, be, failed),
+        "stages": [
+            {
+                "name": r.name,
+                "status": r.status,
+                "seconds": round(r.seconds, 1),
+                "error": r.error,
+                "workdir": str(r.workdir) if r.workdir else None,
+            }
+            for r in results
+        ],
+        "eval": ev,
+        "bench": bench,
+        "breakeven": be,
+        "finetune": ft,
+        "breakeven_plot": str(dirs["breakeven"] / "breakeven.png") if "breakeven" in dirs else None,
+    }
+
+
+def verdict(ev: dict | None, be: dict | None, failed: list[StageResult]) -> dict:
+    if be and isinstance(be.get("decision"), dict):
+        return {"verdict": be["decision"].get("verdict", "?"), "reason": be["decision"].get("reason", "")}
+    if ev:
+        gate = ev["gate"]
+        return {"verdict": gate.get("verdict", "?"), "reason": f"quality gate only: {gate.get('reason', '')}"}
+    names = ", ".join(r.name for r in failed) or "none"
+    return {"verdict": "INCOMPLETE", "reason": f"stages that did not finish: {names}"}
+
+
+def _png_b64(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def quality_plot(ev: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = ev["systems"]
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(systems)))
+    for i, s in enumerate(systems):
+        acc = s["accuracy"]
+        color = "#888" if s["source"] == "cited" else "#1f6feb"
+        ax.barh(i, acc["value"] * 100, color=color)
+        ax.errorbar(
+            acc["value"] * 100,
+            i,
+            xerr=[[100 * (acc["value"] - acc["ci_low"])], [100 * (acc["ci_high"] - acc["value"])]],
+            color="k",
+            capsize=3,
+        )
+    ax.set_yticks(range(len(systems)), [f"{s['name']} ({s.get('mode') or s['source']})" for s in systems])
+    ax.set_xlabel("accuracy %, 95 % bootstrap CI (grey: cited, not measured)")
+    ax.set_xlim(0, 100)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def _quality_section(ev: dict) -> str:
+    rows = []
+    for s in ev["systems"]:
+        a = s["accuracy"]
+        src = s.get("reference") if s["source"] == "cited" else f"measured on {ev['hardware'].get('cpu', '?')}"
+        rows.append(
+            [
+                s["name"],
+                s.get("mode") or "",
+                f"{_pct(a['value'])} [{_pct(a['ci_low'])}, {_pct(a['ci_high'])}]",
+                _pct(s["macro_f1"]["value"]) if s.get("macro_f1") else "–",
+                _pct(s.get("invalid_rate")),
+                s["source"],
+                src,
+            ]
+        )
+    return (
+        f"<h2>Quality on {html.escape(ev['task'])} ({ev['n_queries']} queries)</h2>"
+        f'<img alt="accuracy with confidence intervals" src="data:image/png;base64,{quality_plot(ev)}">'
+        + _table(["system", "answers", "accuracy [95 % CI]", "macro-F1", "invalid", "source", "provenance"], rows)
+    )
+
+
+def _latency_section(bench: dict) -> str:
+    rows = []
+    for p in bench["points"]:
+        ttft, tpot = p["ttft_ms"], p["tpot_ms"]
+        rows.append(
+            [
+                p.get("concurrency") or p.get("request_rate"),
+                f"{p['requests_per_s']:.2f}",
+                f"{p['output_tokens_per_s']:.1f}",
+                f"{ttft.get('p50', 0):.0f} / {ttft.get('p99', 0):.0f}",
+                f"{tpot.get('p50', 0):.1f} / {tpot.get('p99', 0):.1f}",
+                p["failed"],
+                "yes" if p["meets_slo"] else "no",
+            ]
+        )
+    hit = bench.get("prefix_cache_hit_rate")
+    hw = bench["hardware"]
+    where = ", ".join(hw.get("gpus") or []) or f"{hw.get('cpu')}, {hw.get('cpu_cores')} cores"
+    return (
+        f"<h2>Serving: vLLM, measured on {html.escape(where)}</h2>"
+        f"<p>SLO: {html.escape(str(bench['slo']))}. Prefix-cache hit rate: {_pct(hit)}.</p>"
+        + _table(
+            ["concurrency", "req/s", "output tok/s", "TTFT p50/p99 ms", "TPOT p50/p99 ms", "errors", "meets SLO"], rows
+        )
+    )
+
+
+def _cost_section(be: dict, plot: str | None) -> str:
+    img = (
+        f'<img alt="monthly cost vs volume" src="data:image/png;base64,{_png_b64(Path(plot))}">'
+        if (plot and Path(plot).is_file())
+        else ""
+    )
+    summary = be.get("summary") or {}
+    rows = [[k.replace("_", " "), _fmt(v)] for k, v in summary.items()]
+    return "<h2>Cost and break-even</h2>" + img + (_table(["figure", "value (source)"], rows) if rows else "")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, dict) and "value" in v:
+        src = v.get("source", "")
+        detail = v.get("date") or v.get("reference") or (v.get("hardware") or {}).get("cpu", "")
+        return f"{v['value']} {v.get('unit', '')} ({src}{', ' + str(detail) if detail else ''})"
+    return str(v)
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:1em 0;width:100%}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}
+th{background:#f4f4f4}.verdict{font-size:2em;font-weight:700;padding:.4em .6em;border-radius:6px;display:inline-block}
+.GO{background:#d4f7d4;color:#075e07}.NO-GO{background:#fbd6d6;color:#8a0b0b}.INCOMPLETE{background:#fff1c2}
+img{max-width:100%}.small{color:#666;font-size:.9em}"""
+
+
+def render_html(report: dict) -> str:
+    v = report["verdict"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>offramp report: {html.escape(report['config']['name'])}</title><style>{CSS}</style></head><body>",
+        f"<h1>offramp: can {html.escape(report['config']['model'])} replace the API?</h1>",
+        f"<div class='verdict {html.escape(v['verdict'])}'>{html.escape(v['verdict'])}</div>",
+        f"<p>{html.escape(v['reason'])}</p>",
+        f"<p class='small'>Generated {report['created_at']} on {html.escape(report['hardware'])}. "
+        "Provenance: <b>measured</b> = measured here on the hardware named; <b>list price</b> = vendor price of "
+        "the date given (offramp/prices.yaml); <b>cited</b> = published score, not measured here.</p>",
+    ]
+    if report.get("eval"):
+        parts.append(_quality_section(report["eval"]))
+    if report.get("breakeven"):
+        parts.append(_cost_section(report["breakeven"], report.get("breakeven_plot")))
+    if report.get("bench"):
+        parts.append(_latency_section(report["bench"]))
+    parts.append(
+        "<h2>Stages</h2>"
+        + _table(
+            ["stage", "status", "seconds", "note"],
+            [[s["name"], s["status"], s["seconds"], s["error"] or ""] for s in report["stages"]],
+        )
+    )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write(run_dir: Path, report: dict) -> Path:
+    from offramp.paths import write_json
+
+    write_json(run_dir / "report.json", report)
+    out = run_dir / "report.html"
+    atomic_write_text(out, render_html(report))
+    return out
