@@ -6,8 +6,12 @@ import typer
 
 from offramp.errors import NotSupportedHere
 
+UNBUILT: set[str] = set()
+
 
 def placeholder(app: typer.Typer, name: str, summary: str, issue: int) -> None:
+    UNBUILT.add(name)
+
     @app.command(
         name,
         help=f"{summary} (not built yet: issue #{issue})",

@@ -35,7 +35,7 @@ def collect(cfg: dict, results: list[StageResult]) -> dict:
     bench = _maybe(dirs["serve"] / "bench_report.json", "bench") if "serve" in dirs else None
     be = _maybe(dirs["breakeven"] / "breakeven_report.json") if "breakeven" in dirs else None
     ft = _maybe(dirs["finetune"] / "adapter" / "finetune_report.json") if "finetune" in dirs else None
-    failed = [r for r in results if r.status in ("failed", "skipped")]
+    failed = [r for r in results if r.status in ("failed", "skipped", "missing")]
     return {
         "created_at": now_iso(),
         "hardware": hardware_summary(),

@@ -23,6 +23,7 @@ from pathlib import Path
 from rich.console import Console
 
 from offramp.paths import read_json, write_json
+from offramp.placeholder import UNBUILT
 
 console = Console(stderr=True)
 DONE = ".done"
@@ -35,12 +36,13 @@ class Stage:
     run: Callable[[Path, dict[str, Path]], None]  # (work dir, upstream work dirs by name)
     needs: list[str] = field(default_factory=list)
     optional: bool = False  # a failure is recorded but later stages still run
+    commands: tuple[str, ...] = ()  # offramp commands it uses; a stage whose command is not built is skipped
 
 
 @dataclass
 class StageResult:
     name: str
-    status: str  # done | cached | failed | skipped
+    status: str  # done | cached | failed | skipped | missing
     seconds: float = 0.0
     workdir: Path | None = None
     error: str | None = None
@@ -92,6 +94,11 @@ class Runner:
             remaining = sum(previous.get(s.name, 0) for s in stages[i - 1 :])
             eta = f", ETA ~{remaining / 60:.0f} min (last run)" if remaining else ""
             console.rule(f"[bold]{i}/{len(stages)} {stage.name}[/]{eta}")
+            if unbuilt := [c for c in stage.commands if c in UNBUILT]:
+                self.results.append(StageResult(stage.name, "missing", error=f"'offramp {unbuilt[0]}' not built yet"))
+                failed.add(stage.name)
+                console.print(f"  [yellow]missing[/]: 'offramp {unbuilt[0]}' is not built yet")
+                continue
             if blocked := [n for n in stage.needs if n in failed or n not in dirs]:
                 self.results.append(StageResult(stage.name, "skipped", error=f"needs {', '.join(blocked)}"))
                 failed.add(stage.name)

@@ -13,6 +13,7 @@ import httpx
 
 from offramp.pipeline.config import PipelineConfig
 from offramp.pipeline.runner import Stage, StageFailed, offramp_cmd, stop_process_group
+from offramp.placeholder import UNBUILT
 from offramp.store import KNOWN
 
 # Keys the pipeline understands for API baselines; a missing key switches to the baseline's fallback.
@@ -162,8 +163,18 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     ]
     tuned = cfg.finetune.enabled
     if tuned:
-        stages.append(Stage("finetune", {"model": model, **cfg.finetune.model_dump()}, finetune, ["pull", "data"]))
-    ft = ["finetune"] if tuned else []
+        stages.append(
+            Stage(
+                "finetune",
+                {"model": model, **cfg.finetune.model_dump()},
+                finetune,
+                ["pull", "data"],
+                commands=("finetune",),
+            )
+        )
+    # Downstream stages use the tuned adapter / the eval gate when those stages exist in this build.
+    ft = ["finetune"] if tuned and "finetune" not in UNBUILT else []
+    ev = [] if "eval" in UNBUILT else ["eval"]
     stages.append(
         Stage(
             "eval",
@@ -171,11 +182,22 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
             evaluate,
             ["pull", "data", *ft],
             optional=True,
+            commands=("eval",),
         )
     )
     if cfg.serve.enabled:
-        stages.append(Stage("serve", {"model": model, **cfg.serve.model_dump()}, serve_bench, ["pull", "data", *ft]))
-        stages.append(Stage("breakeven", cfg.cost.model_dump(), breakeven, ["serve", "eval", *ft]))
+        stages.append(
+            Stage(
+                "serve",
+                {"model": model, **cfg.serve.model_dump()},
+                serve_bench,
+                ["pull", "data", *ft],
+                commands=("serve", "bench"),
+            )
+        )
+        stages.append(
+            Stage("breakeven", cfg.cost.model_dump(), breakeven, ["serve", *ev, *ft], commands=("breakeven",))
+        )
     return stages
 
 
