@@ -24,7 +24,7 @@ class _Report(BaseModel):
 
 
 class Interval(BaseModel):
-    """A metric with its 95 % bootstrap confidence interval."""
+    """A metric with its 95 % bootstrap confidence interval; accuracy-like metrics are in percent (0-100)."""
 
     value: float
     ci_low: float

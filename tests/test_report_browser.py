@@ -19,7 +19,7 @@ shot = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(shot)
 
 
-def _interval(v, w=0.05):
+def _interval(v, w=5.0):
     return {"value": v, "ci_low": v - w, "ci_high": v + w}
 
 
@@ -59,15 +59,15 @@ def run_dir(tmp_path):
                     "spec": "smollm2",
                     "source": "measured",
                     "mode": "constrained",
-                    "accuracy": _interval(0.71),
-                    "macro_f1": _interval(0.69),
+                    "accuracy": _interval(71.0),
+                    "macro_f1": _interval(69.0),
                     "invalid_rate": 0.0,
                 },
                 {
                     "name": "gpt-4-1shot",
                     "spec": "cited:banking77/gpt-4-1shot",
                     "source": "cited",
-                    "accuracy": _interval(0.804, 0.0),
+                    "accuracy": _interval(80.4, 0.0),
                     "reference": "Loukas et al., ICAIF 2023, Table 4",
                 },
             ],

@@ -109,7 +109,8 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f} %"
+    """Metrics arrive in percent points (0-100)."""
+    return "–" if x is None else f"{x:.1f} %"
 
 
 def _quality_section(ev: dict) -> str:
