@@ -1,7 +1,207 @@
+"""`offramp breakeven`: API vs self-hosted cost per token and per month, break-even volume, go/no-go."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
-from offramp.placeholder import placeholder
+from offramp.errors import OfframpError
+
+Opt = typer.Option
+
+
+def _load_inputs(
+    api: str,
+    bench: Path,
+    host: str | None,
+    host_price_per_hour: float | None,
+    prices: list[Path] | None,
+    pricing: str,
+    model: str | None,
+    workload_fields: dict[str, Any],
+    workload_file: Path | None,
+    prompts: Path | None,
+    eval_path: Path | None,
+    finetune: Path | None,
+    one_off_fields: dict[str, Any],
+    **options: Any,
+):
+    from pydantic import ValidationError
+
+    from offramp.artifacts import load_report
+    from offramp.cost.model import DEPLOYMENTS
+    from offramp.cost.prices import adhoc_host, load_catalogue
+    from offramp.cost.report import Inputs, OneOff, same_model
+    from offramp.cost.workload import load_workload, measure_tokens
+
+    if options["deployment"] not in DEPLOYMENTS:
+        raise OfframpError(f"unknown deployment {options['deployment']!r}; use {' or '.join(DEPLOYMENTS)}")
+    if not 0 < options["autoscale_utilisation"] <= 1:
+        raise OfframpError(f"--autoscale-utilisation must be in (0, 1], got {options['autoscale_utilisation']}")
+    if options["output_weight"] is not None and options["output_weight"] <= 0:
+        raise OfframpError(f"--output-weight must be > 0, got {options['output_weight']}")
+    if options["escalation_share"] is not None and not 0 <= options["escalation_share"] <= 1:
+        raise OfframpError(f"--escalation-share must be in [0, 1], got {options['escalation_share']}")
+    catalogue = load_catalogue(prices)
+    api_price = catalogue.api_price(api)
+    if (host is None) == (host_price_per_hour is None):
+        raise OfframpError("give exactly one of --host NAME or --host-price-per-hour USD")
+    bench_report = load_report(bench, "bench")
+    served = [bench_report.model, *([root] if (root := getattr(bench_report, "model_root", None)) else [])]
+    if model is not None and not any(same_model(model, name) for name in served):
+        raise OfframpError(f"{bench}: bench report is for model {' = '.join(map(repr, served))}, not {model!r}")
+    if host is not None:
+        host_name, host_price = host, catalogue.host_price(host)
+    else:
+        kind = "gpu" if bench_report.hardware.get("gpus") else "cpu"
+        host_name, host_price = f"{host_price_per_hour:g} USD/hour", adhoc_host(host_price_per_hour, kind=kind)
+    host_price.per_hour(pricing)  # fail now if that pricing is unknown for the host
+    if prompts is not None:
+        if workload_fields.get("input_tokens") or workload_fields.get("output_tokens"):
+            raise OfframpError("give either --prompts (measure tokens) or --input-tokens/--output-tokens, not both")
+        workload_fields.update(measure_tokens(prompts, model or served[-1]))  # model_root over a served alias
+    workload = load_workload(workload_file, workload_fields, defaults=_bench_tokens(bench_report, bench))
+    if finetune is not None:
+        ft = load_report(finetune, "finetune")
+        if ft.run_cost_usd is None:
+            one_off_fields["finetune_source"] = f"{finetune} has no run_cost_usd (no host price given): counted as 0"
+        else:
+            one_off_fields.update(finetune_usd=ft.run_cost_usd, finetune_source=f"{finetune} run_cost_usd")
+    try:
+        one_off = OneOff(**one_off_fields)
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise OfframpError(f"one-off costs: {first['loc'][0]}: {first['msg']}") from None
+    return Inputs(
+        api_name=api,
+        api_price=api_price,
+        host_name=host_name,
+        host=host_price,
+        bench=bench_report,
+        bench_path=bench,
+        workload=workload,
+        pricing=pricing,
+        one_off=one_off,
+        eval=load_report(eval_path, "eval") if eval_path is not None else None,
+        **options,
+    )
+
+
+def _bench_tokens(bench, path: Path) -> dict[str, Any]:
+    """Tokens per request of the bench's own requests: the default token mix when none is given."""
+    point = bench.sustainable or next((p for p in bench.points if p.completed > 0), None)
+    if point is None or point.completed <= 0:
+        return {}
+    return {
+        "input_tokens": point.input_tokens / point.completed,
+        "output_tokens": point.output_tokens / point.completed,
+        "token_source": f"measured: mean of the {point.completed} requests of the load point in {path}",
+    }
+
+
+def _write_outputs(out: Path, inp, body: dict) -> tuple[Path, Path]:
+    from offramp.cost.model import capacity_from_point
+    from offramp.cost.plot import cost_curves, plot_breakeven, volume_range
+    from offramp.cost.report import sustainable_point
+    from offramp.reports import write_report
+
+    point = sustainable_point(inp.bench, inp.workload)
+    cap = capacity_from_point(point, inp.output_weight) if point is not None else None
+    crossing = (body.get("break_even") or {}).get("volume")
+    volumes = volume_range(inp.workload.requests_per_month, crossing)
+    kw = {
+        "deployment": inp.deployment,
+        "autoscale_utilisation": inp.autoscale_utilisation,
+        "one_off_monthly": inp.one_off.monthly,
+    }
+    per_hour = inp.host.per_hour(inp.pricing)
+    curves = cost_curves(inp.workload, inp.api_price, cap, per_hour, volumes, inp.escalation_share, **kw)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OfframpError(f"{out}: cannot create the output directory ({e.strerror})") from None
+    png, report = out / "breakeven.png", out / "breakeven_report.json"
+    tmp = out / f".breakeven.png.tmp-{os.getpid()}"
+    try:
+        plot_breakeven(
+            tmp,
+            volumes,
+            curves,
+            api_label=f"{inp.api_name} ({body['api']['mode']})",
+            host_label=f"{inp.host_name} ({inp.deployment}, one-offs amortised)",
+            crossing=crossing,
+            workload_volume=inp.workload.requests_per_month,
+        )
+        write_report(report, "breakeven", {**body, "plot": png.name})
+        os.replace(tmp, png)
+    except OSError as e:
+        raise OfframpError(f"{out}: cannot write the report ({e.strerror or e})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return report, png
 
 
 def register(app: typer.Typer) -> None:
-    placeholder(app, "breakeven", "Self-hosted vs API cost per token and per month, break-even volume", 8)
+    @app.command("breakeven")
+    def breakeven(
+        api: Annotated[str, Opt(help="API model from the price catalogue, e.g. gpt-4o-mini")],
+        bench: Annotated[Path, Opt(help="bench_report.json of the self-hosted model")],
+        host: Annotated[str | None, Opt(help="host from the price catalogue, e.g. aws-g6-xlarge")] = None,
+        host_price_per_hour: Annotated[float | None, Opt(help="or: the host's price in USD/hour")] = None,
+        pricing: Annotated[str, Opt(help="on_demand, spot or reserved_1y")] = "on_demand",
+        prices: Annotated[list[Path] | None, Opt(help="your price YAML, merged over the catalogue")] = None,
+        model: Annotated[str | None, Opt(help="the model priced; must match the bench report's")] = None,
+        workload: Annotated[Path | None, Opt(help="workload YAML (flags below override it)")] = None,
+        requests_per_month: Annotated[float | None, Opt()] = None,
+        input_tokens: Annotated[float | None, Opt(help="mean input tokens per request")] = None,
+        output_tokens: Annotated[float | None, Opt(help="mean output tokens per request")] = None,
+        prompts: Annotated[Path | None, Opt(help="chat JSONL to measure the tokens per request from")] = None,
+        cached_input_share: Annotated[float | None, Opt(help="share of input tokens hitting the prompt cache")] = None,
+        peak_to_average: Annotated[float | None, Opt(help="peak / average request rate (default 2)")] = None,
+        batch_tolerant: Annotated[bool | None, Opt(help="answers may wait for the batch API")] = None,
+        slo_ttft_s: Annotated[float | None, Opt(help="p99 TTFT SLO (default: the bench's)")] = None,
+        slo_tpot_ms: Annotated[float | None, Opt(help="p99 TPOT SLO (default: the bench's)")] = None,
+        deployment: Annotated[str, Opt(help="always-on or scale-to-zero")] = "always-on",
+        autoscale_utilisation: Annotated[float, Opt(help="busy share of paid hours when scaling")] = 0.7,
+        output_weight: Annotated[float | None, Opt(help="split host cost: 1 output token = K input")] = None,
+        escalation_share: Annotated[float | None, Opt(help="also price a cascade escalating this share")] = None,
+        eval_report: Annotated[Path | None, Opt("--eval", help="eval_report.json: its gate decides quality")] = None,
+        finetune: Annotated[Path | None, Opt(help="finetune_report.json: its run_cost_usd is a one-off")] = None,
+        eval_spend: Annotated[float, Opt(help="one-off evaluation spend, USD")] = 0.0,
+        eng_hours: Annotated[float, Opt(help="one-off engineering hours")] = 0.0,
+        eng_rate: Annotated[float, Opt(help="engineering USD/hour")] = 0.0,
+        amortise_months: Annotated[int, Opt(help="months the one-off costs are spread over")] = 12,
+        out: Annotated[Path, Opt(help="output directory")] = Path("runs/breakeven"),
+    ) -> None:
+        """Self-hosted vs API cost per token and per month, break-even volume, go/no-go with the eval gate."""
+        from offramp.cost.report import analyse
+        from offramp.cost.table import print_summary
+
+        slo = {"p99_ttft_s": slo_ttft_s, "p99_tpot_ms": slo_tpot_ms} if slo_ttft_s or slo_tpot_ms else None
+        fields = {
+            "requests_per_month": requests_per_month,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cached_input_share": cached_input_share,
+            "peak_to_average": peak_to_average,
+            "batch_tolerant": batch_tolerant,
+            "slo": slo,
+        }
+        one_off = {
+            "eval_usd": eval_spend,
+            "engineering_hours": eng_hours,
+            "engineering_rate_usd": eng_rate,
+            "amortise_months": amortise_months,
+        }
+        inp = _load_inputs(
+            api, bench, host, host_price_per_hour, prices, pricing, model, fields, workload, prompts, eval_report,
+            finetune, one_off, deployment=deployment, autoscale_utilisation=autoscale_utilisation,
+            output_weight=output_weight, escalation_share=escalation_share,
+        )  # fmt: skip
+        body = analyse(inp)
+        report, png = _write_outputs(out, inp, body)
+        print_summary(inp, body)
+        typer.echo(f"wrote {report} and {png}")

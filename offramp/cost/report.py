@@ -1,0 +1,195 @@
+"""Put prices, a bench report, a workload and the eval gate together: costs with provenance, and go/no-go."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from offramp.artifacts import BenchReport, EvalReport, LoadPoint
+from offramp.cost.breakeven import (
+    break_even,
+    cascade_cost,
+    payback_months,
+    price_cut_sensitivity,
+    utilisation_sensitivity,
+)
+from offramp.cost.model import (
+    HOURS_PER_MONTH,
+    Capacity,
+    Deployment,
+    api_cost,
+    capacity_from_point,
+    self_hosted_cost,
+)
+from offramp.cost.prices import ApiPrice, HostPrice
+from offramp.cost.sections import api_section, price_record, self_hosted_section, summary
+from offramp.cost.workload import Workload
+from offramp.errors import OfframpError
+
+ASSUMPTIONS = [
+    "a month is 730 hours; the host is paid for every hour it is up (always-on) or for busy hours / autoscale "
+    "utilisation (scale-to-zero, cold starts not modelled)",
+    "replicas are sized so the peak request rate (average × peak-to-average) stays within the highest measured "
+    "load that met the latency SLO",
+    "the API is bought the cheapest way the workload allows: prompt-cache price for the cached share of input, "
+    "batch API when the workload tolerates it",
+    "the same token counts are used for the API and the local model (the vendor's tokenizer counts differently)",
+    "not modelled: API cache-write surcharges and cache storage, network egress, storage, on-call and upkeep hours "
+    "after launch (add them as engineering hours)",
+]
+
+
+class OneOff(BaseModel):
+    """Costs paid once, spread over `amortise_months` in the monthly self-hosted figure."""
+
+    finetune_usd: float = Field(default=0.0, ge=0)
+    finetune_source: str = "none given"
+    eval_usd: float = Field(default=0.0, ge=0)
+    engineering_hours: float = Field(default=0.0, ge=0)
+    engineering_rate_usd: float = Field(default=0.0, ge=0)
+    amortise_months: int = Field(default=12, ge=1)
+
+    @property
+    def total(self) -> float:
+        return self.finetune_usd + self.eval_usd + self.engineering_hours * self.engineering_rate_usd
+
+    @property
+    def monthly(self) -> float:
+        return self.total / self.amortise_months
+
+
+@dataclass
+class Inputs:
+    api_name: str
+    api_price: ApiPrice
+    host_name: str
+    host: HostPrice
+    bench: BenchReport
+    bench_path: Path
+    workload: Workload
+    pricing: str = "on_demand"
+    deployment: Deployment = "always-on"
+    autoscale_utilisation: float = 0.7
+    output_weight: float | None = None
+    one_off: OneOff = field(default_factory=OneOff)
+    eval: EvalReport | None = None
+    escalation_share: float | None = None  # price a cascade too: this share of requests still goes to the API
+
+
+def same_model(a: str, b: str) -> bool:
+    """Store name, checkpoint path and hub id of one model compare equal by their last path component."""
+
+    def tail(s: str) -> str:
+        return Path(s.strip().rstrip("/")).name.lower()
+
+    return a.strip() == b.strip() or tail(a) == tail(b)
+
+
+def sustainable_point(bench: BenchReport, w: Workload) -> LoadPoint | None:
+    """The bench's own SLO-meeting point, or the highest-throughput point meeting the workload's stricter SLO."""
+    if w.slo is None or (w.slo.p99_ttft_s is None and w.slo.p99_tpot_ms is None):
+        return bench.sustainable
+
+    def meets(p: LoadPoint) -> bool:
+        ttft, tpot = p.ttft_ms.get("p99"), p.tpot_ms.get("p99")
+        if ttft is None or tpot is None:
+            raise OfframpError("bench report points lack p99 TTFT / TPOT, so the workload SLO cannot be checked")
+        ok_ttft = w.slo.p99_ttft_s is None or ttft <= w.slo.p99_ttft_s * 1000
+        ok_tpot = w.slo.p99_tpot_ms is None or tpot <= w.slo.p99_tpot_ms
+        return p.failed == 0 and ok_ttft and ok_tpot
+
+    ok = [p for p in bench.points if meets(p)]
+    return max(ok, key=lambda p: p.requests_per_s) if ok else None
+
+
+def _decision(inp: Inputs, api_monthly: float, host_monthly: float | None) -> dict[str, Any]:
+    blockers, notes = [], []
+    gate = inp.eval.gate if inp.eval else None
+    if gate is not None and str(gate.get("verdict", "")).upper() != "GO":
+        blockers.append(f"quality gate fails: {gate.get('reason') or gate.get('expression') or gate.get('verdict')}")
+    if inp.workload.requests_per_month == 0:
+        blockers.append("zero volume: there is nothing to serve, so nothing to save")
+    if host_monthly is None:
+        blockers.append("no load level of the bench met the latency SLO: the host cannot serve this workload")
+    elif host_monthly >= api_monthly and inp.workload.requests_per_month > 0:
+        blockers.append(f"self-hosted ${host_monthly:,.2f}/month is not cheaper than the API's ${api_monthly:,.2f}")
+    elif host_monthly < api_monthly:
+        notes.append(f"self-hosted ${host_monthly:,.2f}/month vs API ${api_monthly:,.2f}/month")
+    if gate is None:
+        notes.append("no eval report: quality was not checked")
+    elif not blockers:
+        notes.append(f"quality gate passes: {gate.get('reason') or gate.get('expression', '')}")
+    verdict = "NO-GO" if blockers else ("NEEDS-EVAL" if gate is None else "GO")
+    return {"verdict": verdict, "reasons": blockers + notes, "quality_gate": gate}
+
+
+def analyse(inp: Inputs) -> dict[str, Any]:
+    """The body of breakeven_report.json (write_report adds version, time and this machine's hardware)."""
+    w, bench = inp.workload, inp.bench
+    api = api_cost(w, inp.api_price)
+    per_hour = inp.host.per_hour(inp.pricing)
+    point = sustainable_point(bench, w)
+    one_off = inp.one_off
+    kw = {
+        "deployment": inp.deployment,
+        "autoscale_utilisation": inp.autoscale_utilisation,
+        "one_off_monthly": one_off.monthly,
+    }
+    body: dict[str, Any] = {
+        "model": bench.model,
+        "api": api_section(inp, api),
+        "host": {
+            "name": inp.host_name,
+            "kind": inp.host.kind,
+            "accelerator": inp.host.accelerator,
+            "pricing": inp.pricing,
+            "price_per_hour": price_record(per_hour, "USD/hour", inp.host),
+        },
+        "workload": {**w.model_dump(), "hours_per_month": HOURS_PER_MONTH},
+        "assumptions": ASSUMPTIONS,
+        "bench": {"path": str(inp.bench_path), "model": bench.model, "hardware": bench.hardware, "slo": bench.slo},
+        "one_off": {**one_off.model_dump(), "total_usd": one_off.total, "monthly_usd": one_off.monthly},
+    }
+    if point is None:
+        body["self_hosted"] = None
+        body["break_even"] = {"volume": None, "reason": "no load level of the bench met the latency SLO"}
+        body["decision"] = _decision(inp, api.monthly_usd, None)
+        body["summary"] = summary(inp, body)
+        return body
+    cap = capacity_from_point(point, inp.output_weight)
+    host = self_hosted_cost(w, cap, per_hour, **kw)
+    be = break_even(w, api, cap, per_hour, **kw)
+    body["self_hosted"] = self_hosted_section(inp, point, cap, host)
+    body["break_even"] = {
+        **be.to_dict(),
+        "payback_months": payback_months(one_off.total, api.monthly_usd, host.host_monthly_usd),
+        "note": "volume in requests/month, counting the amortised one-off costs in the self-hosted cost",
+    }
+    body["sensitivity"] = {
+        "utilisation": utilisation_sensitivity(w, api, cap, per_hour),
+        "api_price_cuts": price_cut_sensitivity(w, inp.api_price, cap, per_hour, one_off.total, **kw),
+    }
+    if inp.escalation_share is not None:
+        body["cascade"] = _cascade_section(inp, cap, per_hour, kw)
+    body["decision"] = _decision(inp, api.monthly_usd, host.monthly_usd)
+    body["summary"] = summary(inp, body)
+    return body
+
+
+def _cascade_section(inp: Inputs, cap: Capacity, per_hour: float, kw: dict[str, Any]) -> dict[str, Any]:
+    """The local model answers every request first; the escalated share is also bought from the API."""
+    e, w = inp.escalation_share, inp.workload
+    cost = cascade_cost(w, inp.api_price, cap, per_hour, e, **kw)
+    be = break_even(w, api_cost(w, inp.api_price), cap, per_hour, escalation_share=e, **kw)
+    return {
+        "escalation_share": e,
+        "rule": "the local model sees every request; the escalated share is also paid at the API's price",
+        "monthly_usd": cost.monthly_usd,
+        "local_monthly_usd": cost.local.monthly_usd,
+        "escalated_api_monthly_usd": cost.escalated.monthly_usd,
+        "per_1k_requests_usd": cost.per_1k_requests_usd,
+        "break_even_vs_api": be.to_dict(),
+    }

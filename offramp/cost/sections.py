@@ -1,0 +1,93 @@
+"""The sections of breakeven_report.json: every number with its provenance (list price, measured, computed)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from offramp.artifacts import LoadPoint
+from offramp.cost.model import ApiCost, Capacity, SelfHostedCost
+from offramp.cost.prices import ApiPrice, HostPrice
+from offramp.reports import list_price, measured
+
+if TYPE_CHECKING:
+    from offramp.cost.report import Inputs
+
+
+def computed(value: Any, unit: str, how: str) -> dict[str, Any]:
+    return {"value": value, "unit": unit, "source": "computed", "from": how}
+
+
+def _unit(key: str) -> str:
+    if "per_1m" in key:
+        return "USD/1M tokens"
+    if key.startswith("monthly") or key.endswith("monthly_usd"):
+        return "USD/month"
+    if key.endswith("_rps"):
+        return "requests/s"
+    units = {"per_request_usd": "USD/request", "price_per_hour": "USD/hour", "replicas": "hosts"}
+    return units.get(key) or ("hours/month" if key.endswith("_hours") else "share")
+
+
+def price_record(value: float, unit: str, entry: ApiPrice | HostPrice) -> dict[str, Any]:
+    return {**list_price(value, unit, entry.date, entry.source), "verified": entry.verified}
+
+
+def summary(inp: Inputs, body: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures, flat, each with its provenance (the pipeline report shows this table)."""
+    api, be, w = body["api"]["cost"], body["break_even"], inp.workload
+    listed = {"date": inp.api_price.date, "reference": inp.api_price.source}
+    head = {
+        "verdict": body["decision"]["verdict"],
+        "requests_per_month": {"value": w.requests_per_month, "unit": "requests/month", "source": "user"},
+        "api_monthly_usd": {**api["monthly_usd"], **listed},
+        "api_per_1m_tokens_usd": {**api["per_1m_tokens_usd"], **listed},
+    }
+    if body["self_hosted"] is None:
+        return {**head, "self_hosted": "no load level of the bench met the latency SLO"}
+    sh = body["self_hosted"]["cost"]
+    hosted = {"date": inp.host.date, "reference": inp.host.source, "hardware": inp.bench.hardware}
+    how = "prices × measured throughput × workload"
+    return {
+        **head,
+        **{f"self_hosted_{k}": {**sh[k], **hosted} for k in ("monthly_usd", "per_1m_input_usd", "per_1m_output_usd")},
+        **{k: {**sh[k], **hosted} for k in ("floor_per_1m_input_usd", "floor_per_1m_output_usd", "replicas")},
+        "utilisation": {**sh["utilisation"], **hosted},
+        "break_even_requests_per_month": computed(be["volume"], "requests/month", how),
+        "payback_months": computed(be["payback_months"], "months", "one-off costs / monthly saving at this volume"),
+    }
+
+
+def api_section(inp: Inputs, api: ApiCost) -> dict[str, Any]:
+    p = inp.api_price
+    how = f"{inp.api_name} {api.mode} list prices × workload token mix ({inp.workload.token_source})"
+    return {
+        "name": inp.api_name,
+        "mode": api.mode,
+        "list_prices": {
+            "input_per_1m": price_record(p.input_per_1m, "USD/1M tokens", p),
+            "cached_input_per_1m": None
+            if p.cached_input_per_1m is None
+            else price_record(p.cached_input_per_1m, "USD/1M tokens", p),
+            "output_per_1m": price_record(p.output_per_1m, "USD/1M tokens", p),
+            "batch_discount": price_record(p.batch_discount, "share", p),
+        },
+        "cost": {k: computed(v, _unit(k), how) for k, v in api.to_dict().items() if k != "mode"},
+    }
+
+
+def self_hosted_section(inp: Inputs, point: LoadPoint, cap: Capacity, host: SelfHostedCost) -> dict[str, Any]:
+    hw = inp.bench.hardware
+    how = f"{inp.host_name} price × host time measured in {inp.bench_path} ({inp.deployment})"
+    return {
+        "load_point": {
+            "concurrency": point.concurrency,
+            "request_rate": point.request_rate,
+            "input_tokens_per_s": measured(point.input_tokens_per_s, "tokens/s", hardware=hw),
+            "output_tokens_per_s": measured(point.output_tokens_per_s, "tokens/s", hardware=hw),
+            "requests_per_s": measured(point.requests_per_s, "requests/s", hardware=hw),
+        },
+        "split_rule": cap.rule,
+        "capacity": cap.to_dict(),
+        "cost": {k: computed(v, _unit(k), how) for k, v in host.to_dict().items() if k != "deployment"},
+        "deployment": inp.deployment,
+    }
