@@ -1,0 +1,285 @@
+"""offramp finetune: label masking, real LoRA / QLoRA steps on the tiny model, reload, merge, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from offramp.errors import OfframpError
+
+SYSTEM = "Classify the customer banking query into one intent label. Answer with the label only."
+LABELS = ["card_arrival", "card_linking", "exchange_rate", "lost_or_stolen_card", "top_up_failed", "pin_blocked"]
+QUERIES = [
+    "Where is my new card?",
+    "How do I link my card to the app?",
+    "What rate do you use for euros?",
+    "Someone took my card",
+    "My top up did not go through",
+    "I typed the wrong PIN too often",
+    "The card still has not arrived",
+    "Can I connect a card I already have?",
+]
+
+
+def chat(query: str, label: str) -> dict:
+    return {
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": query},
+            {"role": "assistant", "content": label},
+        ]
+    }
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    recs = [chat(q, LABELS[i % len(LABELS)]) for i, q in enumerate(QUERIES)]
+    return write_jsonl(tmp_path_factory.mktemp("ftdata") / "train.jsonl", recs)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+def test_only_assistant_tokens_carry_labels(tokenizer) -> None:
+    from offramp.finetune.dataset import IGNORE, tokenize_chat
+
+    msgs = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "card_arrival"},
+        {"role": "user", "content": "second question"},
+        {"role": "assistant", "content": "pin_blocked"},
+    ]
+    ex = tokenize_chat(tokenizer, msgs)
+    assert len(ex["input_ids"]) == len(ex["labels"])
+    # Rendering the ids gives back exactly the chat template's text.
+    assert tokenizer.decode(ex["input_ids"]) == tokenizer.apply_chat_template(msgs, tokenize=False)
+    kept = [i for i, x in enumerate(ex["labels"]) if x != IGNORE]
+    assert all(ex["labels"][i] == ex["input_ids"][i] for i in kept)
+    # The trained tokens are the two answers, each with its end-of-turn token, and nothing else.
+    runs, cur = [], []
+    for i in range(len(ex["labels"])):
+        if ex["labels"][i] != IGNORE:
+            cur.append(ex["input_ids"][i])
+        elif cur:
+            runs.append(tokenizer.decode(cur))
+            cur = []
+    assert runs == [f"card_arrival{tokenizer.eos_token}", f"pin_blocked{tokenizer.eos_token}"]
+
+
+def test_pad_collator_masks_padding(tokenizer) -> None:
+    from offramp.finetune.dataset import IGNORE, PadCollator, tokenize_chat
+
+    a = tokenize_chat(tokenizer, chat("short", "pin_blocked")["messages"])
+    b = tokenize_chat(
+        tokenizer, chat("a much longer question about my card that never came", "card_arrival")["messages"]
+    )
+    batch = PadCollator(tokenizer.pad_token_id)([a, b])
+    n = len(a["input_ids"])
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, len(b["input_ids"]))
+    assert batch["attention_mask"][0, :n].all() and not batch["attention_mask"][0, n:].any()
+    assert (batch["labels"][0, n:] == IGNORE).all()
+    assert batch["labels"][0, :n].tolist() == a["labels"]
+    assert batch["attention_mask"][1].all()
+
+
+def test_all_records_too_long_is_an_error(tokenizer) -> None:
+    from offramp.finetune.dataset import build_examples
+
+    with pytest.raises(OfframpError, match="longer than --max-len 10"):
+        build_examples(tokenizer, [chat(q, "card_arrival") for q in QUERIES], 10, "x.jsonl")
+    data = build_examples(tokenizer, [chat(q, "card_arrival") for q in QUERIES] + [chat("word " * 200, "x")], 64, "x")
+    assert data.dropped_too_long == 1 and len(data.examples) == len(QUERIES)
+
+
+def test_recipe_layers(tmp_path: Path) -> None:
+    from offramp.finetune.recipe import load_recipe
+
+    default = load_recipe("default", "cpu", {})
+    assert default.name == "default" and default.target_modules == "all-linear"
+    assert load_recipe("default", "cuda", {}).batch_size != default.batch_size or default.per_hardware == {}
+    assert load_recipe("default", "cpu", {"lr": 0.1, "rank": None}).lr == 0.1
+    full = load_recipe("full", "cpu", {})
+    assert full.epochs >= 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rank: 8\nlearning_rate: 0.1\n")
+    with pytest.raises(OfframpError, match="learning_rate"):
+        load_recipe(str(bad), "cpu", {})
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model: Path, train_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real CLI run: 12 LoRA steps on one fixed batch of 8 records, merged, with a run cost."""
+    from conftest import run_cli
+
+    out = tmp_path_factory.mktemp("ft") / "run"
+    res = run_cli(
+        "finetune", str(tiny_model), "--data", str(train_file), "--eval-data", str(train_file),
+        "--max-steps", "12", "--batch-size", "8", "--lr", "0.01", "--rank", "8", "--out", str(out), "--merge",
+        "--host-price-per-hour", "2.0",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def test_training_lowers_loss_and_reports(trained: Path) -> None:
+    from offramp.artifacts import load_report
+
+    report = load_report(trained / "finetune_report.json", "finetune")
+    body = report.model_dump()
+    curve = [p["loss"] for p in body["loss_curve"]]
+    assert body["steps"] == 12 and len(curve) == 12
+    assert curve[-1] < curve[0] - 0.3, curve  # same batch every step: the loss must fall (nats)
+    assert body["data"]["train"]["examples"] == len(QUERIES)
+    assert body["eval_loss"] is not None and body["eval_loss"] < curve[0]
+    assert report.train_tokens_per_s > 0 and report.wall_time_s > 0
+    assert report.run_cost_usd == pytest.approx(report.wall_time_s / 3600 * 2.0, rel=1e-3)
+    assert report.hardware["cpu_cores"] >= 1
+    assert not (trained.parent / f".{trained.name}.work").exists()  # checkpoints cleaned up after success
+
+
+def test_adapter_reloads_merges_and_generates(trained: Path, tiny_model: Path, tokenizer) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = json.loads((trained / "adapter" / "adapter_config.json").read_text())
+    assert cfg["r"] == 8 and cfg["peft_type"] == "LORA"
+    assert {"q_proj", "down_proj"} <= set(cfg["target_modules"])
+    ids = tokenizer.apply_chat_template(chat(QUERIES[0], "")["messages"][:2], add_generation_prompt=True)
+    ids = torch.tensor([ids["input_ids"] if hasattr(ids, "keys") else ids])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    with torch.no_grad():
+        base_logits = base(ids).logits
+        tuned = PeftModel.from_pretrained(base, trained / "adapter").eval()
+        tuned_logits = tuned(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(trained / "merged", dtype=torch.float32).eval()
+        merged_logits = merged(ids).logits
+    assert not torch.allclose(base_logits, tuned_logits, atol=1e-3)
+    assert torch.allclose(tuned_logits, merged_logits, atol=0.05, rtol=0.05)  # merged is stored in bf16
+    assert json.loads((trained / "merged" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert (trained / "merged" / "model.safetensors").is_file()
+    out = merged.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    assert out.shape[1] > ids.shape[1]
+
+
+def test_label_likelihood_argmax_is_exact(tiny_model: Path, tokenizer) -> None:
+    """The best-first trie search must pick the same label as scoring every label in full."""
+    import torch
+    from offramp.finetune.scoring import classify_by_label_likelihood, label_token_ids, prompt_ids
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    prompts = [chat(q, "")["messages"][:2] for q in QUERIES[:4]]
+    got = classify_by_label_likelihood(model, tokenizer, prompts, LABELS, expand_batch=3)
+    for messages, (label, score) in zip(prompts, got, strict=True):
+        p = prompt_ids(tokenizer, messages)
+        full = []
+        for seq in label_token_ids(tokenizer, LABELS):
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([p + seq])).logits[0].float(), -1)
+            full.append(sum(logp[len(p) - 1 + k, t].item() for k, t in enumerate(seq)))
+        best = max(range(len(LABELS)), key=full.__getitem__)
+        assert label == LABELS[best]
+        assert score == pytest.approx(full[best], abs=1e-3)
+
+
+def test_interrupt_then_resume_finishes(tiny_model: Path, train_file: Path, tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("rank: 4\nlr: 0.005\nbatch_size: 2\nsave_steps: 3\nlogging_steps: 1\nmax_steps: 30\n")
+    out = tmp_path / "run"
+    work = tmp_path / ".run.work"
+    args = ["finetune", str(tiny_model), "--data", str(train_file), "--recipe", str(recipe), "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "offramp", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while not (work / "checkpoint-3").is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Run the same command again to resume" in err
+    assert not out.exists()
+    saved = sorted(int(p.name.split("-")[1]) for p in work.glob("checkpoint-*"))
+    assert saved and 3 <= saved[-1] < 30
+
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"resuming from {work / f'checkpoint-{saved[-1]}'}" in res.stdout
+    report = json.loads((out / "finetune_report.json").read_text())
+    assert report["steps"] == 30 and report["sessions"] == 2
+    assert report["resumed_from"] == f"checkpoint-{saved[-1]}"
+    assert [p["step"] for p in report["loss_curve"]] == list(range(1, 31))
+    assert not work.exists()
+
+
+def test_qlora_trains_on_this_host(tiny_model: Path, train_file: Path, tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    out = tmp_path / "q"
+    res = run_cli(
+        "finetune", str(tiny_model), "--data", str(train_file), "--method", "qlora",
+        "--max-steps", "2", "--batch-size", "4", "--out", str(out),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((out / "finetune_report.json").read_text())
+    assert report["method"] == "qlora" and report["steps"] == 2
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+BAD = {
+    "not_chat": ([json.dumps(chat("q", "card_arrival")), json.dumps({"prompt": "q", "completion": "a"})], [], ":2:"),
+    "no_assistant": ([json.dumps({"messages": [{"role": "user", "content": "hello"}]})], [], "assistant"),
+    "all_too_long": ([json.dumps(chat(q, "card_arrival")) for q in QUERIES], ["--max-len", "12"], "--max-len 12"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_data_is_one_clear_error(case: str, tiny_model: Path, tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    lines, extra, needle = BAD[case]
+    data = write_jsonl(tmp_path / "d.jsonl", lines)
+    out = tmp_path / "out"
+    res = run_cli("finetune", str(tiny_model), "--data", str(data), "--out", str(out), *extra)
+    assert res.returncode == 1, res.stderr
+    err = res.stderr.strip().splitlines()
+    assert err[-1].startswith("offramp: error:") and needle in err[-1], res.stderr
+    assert not out.exists() and not (tmp_path / ".out.work").exists()
+
+
+def test_qlora_without_working_bitsandbytes_exits_2(tiny_model: Path, train_file: Path, tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    shim = tmp_path / "shim" / "bitsandbytes"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('bitsandbytes has no backend for this device')\n")
+    out = tmp_path / "out"
+    env = {"PYTHONPATH": os.pathsep.join([str(shim.parent), os.environ.get("PYTHONPATH", "")])}
+    res = run_cli(
+        "finetune", str(tiny_model), "--data", str(train_file), "--method", "qlora", "--out", str(out), env=env
+    )
+    assert res.returncode == 2, res.stderr[-2000:]
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("offramp: error: QLoRA needs bitsandbytes") and "--method lora" in last
+    assert not out.exists() and not (tmp_path / ".out.work").exists()
