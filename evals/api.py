@@ -1,0 +1,269 @@
+"""Endpoints through lm-eval's `local-chat-completions`, extended with what a paid API needs.
+
+lm-eval's TemplateAPI retries every failure (a 400 as well as a 429) with a fixed policy, keeps no reply cache
+across runs, and drops the `usage` block. `CachedChatCompletions` subclasses its `LocalChatCompletion` and
+overrides only `model_call`: a disk cache keyed by base URL + the exact request payload (model, messages, params),
+retries with exponential backoff on 429 / 5xx / connection errors only (honouring Retry-After), a clear error
+on anything else, and a ledger of tokens and latency per request. lm-eval's own retry wrapper is set to one
+attempt so the two policies do not multiply.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from offramp.evals.specs import EndpointSystem
+
+from offramp.errors import OfframpError
+from offramp.paths import read_json, write_json
+from offramp.reports import now_iso
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class ApiCache:
+    """One JSON file per request under `root/<2 hex>/<sha256>.json`, written atomically (temp file + rename),
+    so an interrupt leaves either the old state or the complete new entry, never a torn file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @staticmethod
+    def key(url: str, payload: dict) -> str:
+        blob = json.dumps({"url": url, "payload": payload}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            entry = read_json(path)
+        except ValueError:  # not written by us (writes are atomic): treat as a miss and overwrite
+            return None
+        return entry if isinstance(entry, dict) and "response" in entry else None
+
+    def put(self, key: str, entry: dict) -> None:
+        write_json(self._path(key), entry)
+
+
+@dataclass
+class Ledger:
+    """What each request cost: keyed by (prompt messages as JSON, mode)."""
+
+    calls: dict[tuple[str, str], dict] = field(default_factory=dict)
+    http_requests: int = 0
+    retries: int = 0
+    status_counts: dict[str, int] = field(default_factory=dict)
+
+    def record(self, messages: list[dict], mode: str, entry: dict) -> None:
+        self.calls[(json.dumps(messages, ensure_ascii=False), mode)] = entry
+
+    def lookup(self, messages: list[dict], mode: str) -> dict | None:
+        return self.calls.get((json.dumps(messages, ensure_ascii=False), mode))
+
+
+def request_mode(payload: dict) -> str:
+    return "constrained" if "structured_outputs" in payload or "response_format" in payload else "free"
+
+
+def post_with_retries(
+    url: str,
+    payload: dict,
+    headers: dict,
+    *,
+    who: str,
+    key_env: str | None,
+    ledger: Ledger,
+    max_attempts: int = 6,
+    backoff_s: float = 0.5,
+    max_backoff_s: float = 30.0,
+    timeout_s: float = 120.0,
+) -> tuple[dict, float]:
+    """POST once per attempt; back off on 429 / 5xx / connection errors; return (json, seconds of the last try)."""
+    import httpx
+
+    last = ""
+    for attempt in range(max_attempts):
+        if attempt:
+            ledger.retries += 1
+        start = time.perf_counter()
+        try:
+            resp = httpx.post(url, json=payload, headers=headers, timeout=timeout_s)
+        except httpx.TransportError as e:
+            last, wait = f"{type(e).__name__}: {e}", None
+        else:
+            latency = time.perf_counter() - start
+            ledger.http_requests += 1
+            ledger.status_counts[str(resp.status_code)] = ledger.status_counts.get(str(resp.status_code), 0) + 1
+            if resp.status_code == 200:
+                try:
+                    return resp.json(), latency
+                except ValueError:
+                    raise OfframpError(f"{who}: the endpoint answered 200 with a body that is not JSON") from None
+            detail = _error_message(resp)
+            if resp.status_code in (401, 403):
+                hint = f"; check the key in {key_env}" if key_env else ""
+                raise OfframpError(f"{who}: {url} refused the request (HTTP {resp.status_code}: {detail}){hint}")
+            if resp.status_code not in RETRY_STATUS:
+                raise OfframpError(f"{who}: {url} rejected the request (HTTP {resp.status_code}: {detail})")
+            last, wait = f"HTTP {resp.status_code}: {detail}", _retry_after(resp)
+        if attempt + 1 < max_attempts:
+            time.sleep(min(max_backoff_s, wait if wait is not None else backoff_s * 2**attempt))
+    raise OfframpError(f"{who}: {url} failed after {max_attempts} attempts; last: {last}")
+
+
+def _retry_after(resp: Any) -> float | None:
+    try:
+        return max(0.0, float(resp.headers.get("retry-after", "")))
+    except ValueError:
+        return None
+
+
+def _error_message(resp: Any) -> str:
+    try:
+        body = resp.json()
+        msg = body.get("error", body) if isinstance(body, dict) else body
+        msg = msg.get("message", msg) if isinstance(msg, dict) else msg
+        return str(msg)[:200]
+    except ValueError:
+        return resp.text[:200]
+
+
+def make_api_lm(
+    system: EndpointSystem,
+    model: str,
+    *,
+    cache: ApiCache | None,
+    ledger: Ledger,
+    max_gen_toks: int,
+    max_attempts: int = 6,
+    backoff_s: float = 0.5,
+):
+    """An lm-eval LM for the endpoint (class built here so lm-eval is imported only when an eval runs)."""
+    from lm_eval.models.openai_completions import LocalChatCompletion
+
+    class CachedChatCompletions(LocalChatCompletion):
+        @property
+        def api_key(self) -> str:
+            return system.api_key() or ""
+
+        @property
+        def header(self) -> dict:
+            key = system.api_key()
+            return {**({"Authorization": f"Bearer {key}"} if key else {}), **system.headers}
+
+        def _create_payload(self, messages, generate=False, gen_kwargs=None, seed=1234, eos=None, **kwargs):
+            payload = super()._create_payload(messages, generate=generate, gen_kwargs=gen_kwargs, seed=seed, eos=None)
+            stop = [s for s in payload.get("stop") or [] if s]
+            if system.provider == "anthropic":
+                stop = [s for s in stop if s.strip()]  # Anthropic's compatible API rejects whitespace stops
+                payload.pop("seed", None)
+            if stop:
+                payload["stop"] = stop
+            else:
+                payload.pop("stop", None)
+            if system.provider == "openai":  # current OpenAI models take max_completion_tokens only
+                payload["max_completion_tokens"] = payload.pop("max_tokens")
+            return payload
+
+        def model_call(self, messages, *, generate=True, gen_kwargs=None, **kwargs):
+            chat = self.create_message(messages)
+            payload = self._create_payload(
+                chat, generate=generate, gen_kwargs=copy.deepcopy(gen_kwargs), seed=self._seed
+            )
+            key = ApiCache.key(self.base_url, payload)
+            hit = cache.get(key) if cache else None
+            if hit is not None:
+                response, latency, cached = hit["response"], hit.get("latency_s"), True
+            else:
+                response, latency = post_with_retries(
+                    self.base_url,
+                    payload,
+                    self.header,
+                    who=f"system {system.name!r}",
+                    key_env=system.key_env,
+                    ledger=ledger,
+                    max_attempts=max_attempts,
+                    backoff_s=backoff_s,
+                )
+                cached = False
+                if cache:
+                    cache.put(
+                        key,
+                        {
+                            "created_at": now_iso(),
+                            "url": self.base_url,
+                            "request": payload,
+                            "response": response,
+                            "latency_s": latency,
+                        },
+                    )
+            usage = response.get("usage") or {}
+            ledger.record(
+                chat,
+                request_mode(payload),
+                {
+                    "input_tokens": usage.get("prompt_tokens"),
+                    "output_tokens": usage.get("completion_tokens"),
+                    "latency_s": latency,
+                    "cached": cached,
+                    "logprob": answer_logprob(response),
+                },
+            )
+            return response
+
+    return CachedChatCompletions(
+        base_url=f"{system.base_url}/chat/completions",
+        model=model,
+        tokenizer_backend=None,
+        tokenized_requests=False,
+        max_retries=1,
+        num_concurrent=1,
+        max_gen_toks=max_gen_toks,
+    )
+
+
+def answer_logprob(response: dict) -> float | None:
+    """Sum of the generated tokens' log-probabilities, when the endpoint returned them (`logprobs: true`)."""
+    try:
+        content = response["choices"][0]["logprobs"]["content"]
+        return round(sum(float(t["logprob"]) for t in content), 6) if content else None
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def probe(system: EndpointSystem, timeout_s: float = 10.0) -> str:
+    """Fail early on an unreachable endpoint or a refused key; return the model to use."""
+    import httpx
+
+    key = system.api_key()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    url = f"{system.base_url}/models"
+    try:
+        resp = httpx.get(url, headers=headers, timeout=timeout_s)
+    except httpx.TransportError as e:
+        raise OfframpError(
+            f"system {system.name!r}: endpoint {system.base_url} is unreachable ({type(e).__name__}: {e})"
+        ) from None
+    if resp.status_code in (401, 403):
+        hint = f"; check the key in {system.key_env}" if system.key_env else "; give its key with +key_env=VAR"
+        raise OfframpError(f"system {system.name!r}: {system.base_url} refused the key (HTTP {resp.status_code}){hint}")
+    if system.model:
+        return system.model
+    try:
+        models = [m["id"] for m in resp.json()["data"]]
+    except (ValueError, KeyError, TypeError):
+        models = []
+    if not models:
+        raise OfframpError(f"system {system.name!r}: {url} lists no models; name one with +model=NAME")
+    return models[0]

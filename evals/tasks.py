@@ -1,0 +1,199 @@
+"""The user's task as queries + label set, and the lm-eval tasks generated from it.
+
+Every system sees the same prompt: the record's own chat messages (everything before the final assistant turn),
+rendered by the model's chat template for local models and sent as `messages` to endpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from offramp.data import (
+    BUILTIN,
+    builtin_splits,
+    load_chat_jsonl,
+    per_label_subset,
+    record_label,
+    record_prompt,
+    system_prompt,
+    to_chat,
+)
+from offramp.errors import OfframpError
+
+# Free generation stops at the first newline: a label is one line, and this keeps chatty models cheap.
+STOP = ["\n"]
+
+
+@dataclass(frozen=True)
+class Query:
+    id: int
+    messages: list[dict]  # the prompt: system/user turns, no final answer
+    label: str
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    name: str
+    queries: list[Query]
+    labels: list[str]
+    source: str
+
+    @property
+    def max_label_chars(self) -> int:
+        return max(len(label) for label in self.labels)
+
+
+def _stable(seed: int, text: str) -> str:
+    return hashlib.sha256(f"{seed}\0{text}".encode()).hexdigest()
+
+
+def _limit_records(records: list[dict], per_label: int | None, seed: int) -> list[dict]:
+    if per_label is None:
+        return records
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for rec in records:
+        by_label[record_label(rec)].append(rec)
+    chosen = []
+    for label in sorted(by_label):
+        group = sorted(by_label[label], key=lambda r: _stable(seed, json.dumps(r["messages"], sort_keys=True)))
+        chosen.extend(group[:per_label])
+    return chosen
+
+
+def _labels_file(path: Path) -> list[str] | None:
+    cand = path.with_name("labels.json")
+    if not cand.is_file():
+        return None
+    try:
+        labels = json.loads(cand.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise OfframpError(f"{cand}: not valid JSON ({e})") from None
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x.strip() for x in labels):
+        raise OfframpError(f"{cand}: expected a non-empty JSON list of label strings")
+    return [x.strip() for x in labels]
+
+
+def load_task(task: str, *, per_label: int | None = None, seed: int = 0) -> EvalTask:
+    """`banking77` (the vendored test split) or a chat JSONL whose last assistant turn is each record's label."""
+    if per_label is not None and per_label < 1:
+        raise OfframpError("--limit-per-label must be at least 1")
+    if task in BUILTIN:
+        _, test, labels = builtin_splits(task)
+        system = system_prompt(labels, "short")
+        records = [to_chat(e, system) for e in per_label_subset(test, per_label, seed)]
+        name, source = task, f"built-in {task} test split"
+    else:
+        path = Path(task)
+        if not path.is_file():
+            known = ", ".join(sorted(BUILTIN))
+            raise OfframpError(f"unknown task {task!r}: not a built-in task ({known}) and no such file")
+        if path.suffix != ".jsonl":
+            raise OfframpError(f"{path}: a task file must be chat JSONL (.jsonl), see `offramp data prepare`")
+        try:
+            records = load_chat_jsonl(path)
+        except OfframpError as e:
+            raise OfframpError(f"{e} (a task file needs each record's label as its final assistant turn)") from None
+        records = _limit_records(records, per_label, seed)
+        labels = _labels_file(path) or sorted({record_label(r) for r in records})
+        name, source = path.stem, str(path.resolve())
+    queries = [Query(i, record_prompt(r), record_label(r)) for i, r in enumerate(records)]
+    empty = [q.id for q in queries if not q.label]
+    if empty:
+        raise OfframpError(f"{task}: record {empty[0]} has an empty label (final assistant turn)")
+    unknown = sorted({q.label for q in queries} - set(labels))
+    if unknown:
+        raise OfframpError(f"{task}: labels not in labels.json: {unknown[:5]}")
+    if len(labels) < 2:
+        raise OfframpError(f"{task}: a classification task needs at least 2 labels, found {labels}")
+    return EvalTask(name=name, queries=queries, labels=labels, source=source)
+
+
+# ---- lm-eval tasks -------------------------------------------------------------------------------------------
+
+
+def _docs(task: EvalTask) -> list[dict[str, Any]]:
+    return [
+        {
+            "qid": q.id,
+            "prompt": json.dumps(q.messages, ensure_ascii=False),
+            "label": q.label,
+            "gold": task.labels.index(q.label),
+        }
+        for q in task.queries
+    ]
+
+
+def build_lm_eval_tasks(task: EvalTask, modes: dict[str, dict | None], *, choice_suffix: str = "") -> list:
+    """One lm-eval task per scoring mode.
+
+    `modes` maps a mode name to its generation kwargs (generate_until), or to None for `multiple_choice`
+    (log-likelihood of each label after the prompt: the local models' constrained mode). `choice_suffix` (the
+    model's end-of-turn token) is appended to every label, so a label that is a prefix of another wins only if
+    the model would stop there.
+    """
+    import datasets
+    from lm_eval.api.task import ConfigurableTask
+
+    class ChatTask(ConfigurableTask):
+        """Renders each doc's own chat messages (system, few-shot turns, user) instead of lm-eval's Q/A layout."""
+
+        def fewshot_context(
+            self,
+            doc,
+            num_fewshot=0,
+            system_instruction=None,
+            apply_chat_template=False,
+            fewshot_as_multiturn=False,
+            chat_template=None,
+            gen_prefix=None,
+        ):
+            messages = json.loads(doc["prompt"])
+            if apply_chat_template and chat_template is not None:
+                return chat_template(messages)
+            return "\n\n".join(m["content"] for m in messages) + "\n"
+
+    docs = _docs(task)
+
+    def dataset(**_: Any) -> dict:
+        return {"test": datasets.Dataset.from_list(docs)}
+
+    out = []
+    for mode, gen_kwargs in modes.items():
+        common = {
+            "task": f"offramp_{mode}",
+            "custom_dataset": dataset,
+            "test_split": "test",
+            "doc_to_text": "prompt",
+            "metadata": {"version": 1},
+        }
+        if gen_kwargs is None:
+            config = {
+                **common,
+                "output_type": "multiple_choice",
+                "doc_to_target": "gold",
+                "doc_to_choice": [label + choice_suffix for label in task.labels],
+                "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+            }
+        else:
+            config = {
+                **common,
+                "output_type": "generate_until",
+                "doc_to_target": "label",
+                "generation_kwargs": gen_kwargs,
+                "metric_list": [
+                    {
+                        "metric": "exact_match",
+                        "aggregation": "mean",
+                        "higher_is_better": True,
+                        "ignore_case": True,
+                        "ignore_punctuation": True,
+                    }
+                ],
+            }
+        out.append(ChatTask(config=config))
+    return out

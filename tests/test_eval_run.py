@@ -1,0 +1,263 @@
+"""`offramp eval` end to end: real lm-eval runs (tiny model, SmolLM2, a vLLM server) and the paid-API path
+against a real local HTTP server speaking the OpenAI protocol (429 then 200; the reply cache)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fake_openai import FakeOpenAI
+from offramp.evals.tasks import load_task
+
+from offramp.artifacts import load_report
+
+
+def banking77_subset(path: Path, n_labels: int, per_label: int) -> dict[str, str]:
+    """A chat JSONL of the vendored Banking77 test split, first `n_labels` labels; returns {query text: gold}."""
+    task = load_task("banking77", per_label=per_label)
+    keep = set(task.labels[:n_labels])
+    gold = {}
+    with open(path, "w", encoding="utf-8") as f:
+        for q in task.queries:
+            if q.label in keep:
+                f.write(json.dumps({"messages": [*q.messages, {"role": "assistant", "content": q.label}]}) + "\n")
+                gold[q.messages[-1]["content"]] = q.label
+    return gold
+
+
+def wrong_for(gold: dict[str, str], n: int) -> dict[str, str]:
+    """The gold answers, except the first `n` queries (sorted) get another label."""
+    labels = sorted(set(gold.values()))
+    out = dict(gold)
+    for text in sorted(gold)[:n]:
+        out[text] = next(label for label in labels if label != gold[text])
+    return out
+
+
+def report_of(out: Path) -> dict:
+    load_report(out / "eval_report.json", "eval")  # valid against the contract
+    return json.loads((out / "eval_report.json").read_text())
+
+
+def system(report: dict, name: str) -> dict:
+    return next(s for s in report["systems"] if s["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    path = tmp_path_factory.mktemp("task") / "banking77_mini.jsonl"
+    return path, banking77_subset(path, n_labels=6, per_label=2)  # 12 queries
+
+
+def test_tiny_model_and_adapter_vs_paid_api(cli, tiny_model, tiny_lora, mini, tmp_path):
+    task, gold = mini
+    answers = wrong_for(gold, 2)  # the API gets 10 of 12 right
+    cache = tmp_path / "cache"
+    with FakeOpenAI(answers, schedule=[429], api_key="sk-test") as api:
+        env = {"OPENAI_BASE_URL": api.url, "OPENAI_API_KEY": "sk-test"}
+        args = [
+            "eval",
+            "--task",
+            str(task),
+            "--system",
+            f"cand={tiny_model}",
+            "--system",
+            f"lora={tiny_model}+adapter={tiny_lora}",
+            "--system",
+            "api=openai:gpt-4o-mini",
+            "--baseline",
+            "api",
+            "--gate",
+            "accuracy>=baseline-2",
+            "--cache",
+            str(cache),
+        ]
+        res = cli(*args, "--out", str(tmp_path / "run1"), env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        # retry seen: the first completion got 429, the same request then 200; 12 queries x 2 modes answered
+        assert api.statuses[:3] == [200, 429, 200]  # /models probe, 429, retry
+        assert api.completions == 25
+        sent = [r["body"] for r in api.requests if r["path"] == "/v1/chat/completions"]
+        assert all(r["authorization"] == "Bearer sk-test" for r in api.requests)
+        enum = [b for b in sent if "response_format" in b][0]["response_format"]["json_schema"]["schema"]
+        labels = sorted(set(gold.values()))
+        assert sorted(enum["properties"]["label"]["enum"]) == labels
+
+        rep = report_of(tmp_path / "run1")
+        assert rep["n_queries"] == 12 and rep["candidate"] == "cand" and rep["baseline"] == "api"
+        # the endpoint saw exactly the task's prompts (system + user turn of each record)
+        prompts = {json.dumps(q.messages) for q in load_task(str(task)).queries}
+        assert {json.dumps(b["messages"]) for b in sent} == prompts
+        base = system(rep, "api")
+        assert base["accuracy"]["value"] == pytest.approx(1000 / 12, abs=0.01)
+        assert base["modes"]["free"]["accuracy"]["value"] == pytest.approx(1000 / 12, abs=0.01)
+        # the fake API reports -0.05 per answer token: the confidence per answer comes through
+        q0 = base["queries"][0]["free"]
+        assert q0["logprob"] < 0 and q0["prob"] == pytest.approx(math.exp(q0["logprob"]))
+        assert base["usage"]["retries"] == 1 and base["usage"]["cache_hits"] == 0 and base["usage"]["requests"] == 24
+        from offramp.cost.prices import load_catalogue
+
+        price = load_catalogue().api_price("gpt-4o-mini")
+        u = base["usage"]
+        want = u["input_tokens"] * price.input_per_1m / 1e6 + u["output_tokens"] * price.output_per_1m / 1e6
+        assert base["cost"]["spent_usd"] == pytest.approx(want, rel=1e-3) and want > 0
+        assert base["cost"]["source"] == "list_price" and base["cost"]["date"] == price.date
+
+        cand, lora = system(rep, "cand"), system(rep, "lora")
+        for s in (cand, lora):
+            assert s["mode"] == "constrained" and s["invalid_rate"] == 0.0
+            assert s["accuracy"]["ci_low"] <= s["accuracy"]["value"] <= s["accuracy"]["ci_high"]
+            for q in s["queries"]:
+                c = q["constrained"]
+                assert c["label"] in labels and c["logprob"] < 0 and c["margin"] >= 0
+                assert c["prob"] == pytest.approx(math.exp(c["logprob"])) and 0 < c["prob_among_labels"] <= 1
+        # the adapter is really applied: the label log-probs move
+        assert [q["constrained"]["logprob"] for q in cand["queries"]] != [
+            q["constrained"]["logprob"] for q in lora["queries"]
+        ]
+        assert "agreement_with_baseline" in cand and "difference_vs_baseline" in cand
+        gate = rep["gate"]
+        assert gate["candidate"] == "cand" and gate["baseline"] == "api"
+        assert gate["verdict"] == ("GO" if cand["accuracy"]["value"] >= base["accuracy"]["value"] - 2 else "NO-GO")
+        assert gate["reason"] and gate["verdict"] in res.stdout
+
+        # the same requests again: all answered from the disk cache, nothing spent
+        api.reset()
+        res = cli(
+            "eval",
+            "--task",
+            str(task),
+            "--system",
+            "api=openai:gpt-4o-mini",
+            "--cache",
+            str(cache),
+            "--out",
+            str(tmp_path / "run2"),
+            env=env,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert api.completions == 0
+        again = system(report_of(tmp_path / "run2"), "api")
+        assert again["usage"]["cache_hits"] == 24 and again["cost"]["spent_usd"] == 0
+        assert again["accuracy"] == base["accuracy"]
+
+
+def test_builtin_banking77_vs_cited_score(cli, tmp_path):
+    """`--task banking77`: an API (fake, 70 of 77 right) judged against GPT-4's published score."""
+    gold = {q.messages[-1]["content"]: q.label for q in load_task("banking77", per_label=1).queries}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "stage.log").write_text("kept\n")  # e.g. the pipeline's log beside the report
+    with FakeOpenAI(wrong_for(gold, 7)) as api:
+        res = cli(
+            "eval",
+            "--task",
+            "banking77",
+            "--limit-per-label",
+            "1",
+            "--system",
+            "api=openai:gpt-4o-mini",
+            "--system",
+            "gpt4=cited:banking77/gpt-4-1shot",
+            "--gate",
+            "accuracy>=baseline-2",
+            "--no-cache",
+            "--out",
+            str(tmp_path / "out"),
+            env={"OPENAI_BASE_URL": api.url, "OPENAI_API_KEY": "sk-x"},
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert api.completions == 77 * 2
+    rep = report_of(tmp_path / "out")
+    assert (tmp_path / "out" / "stage.log").read_text() == "kept\n"
+    assert rep["n_queries"] == 77 and len(rep["labels"]) == 77
+    cited = system(rep, "gpt4")
+    assert cited["source"] == "cited" and cited["accuracy"]["value"] == 80.4 and "Loukas" in cited["reference"]
+    assert system(rep, "api")["accuracy"]["value"] == pytest.approx(7000 / 77, abs=0.01)
+    assert rep["gate"]["verdict"] == "GO" and "cited score" in rep["gate"]["reason"]
+
+
+def test_interrupt_leaves_the_cache_valid(tmp_path, mini):
+    task, gold = mini
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    with FakeOpenAI(gold, latency_s=0.3) as api:
+        env = {**os.environ, "OPENAI_BASE_URL": api.url, "OPENAI_API_KEY": "sk-x"}
+        cmd = [
+            sys.executable,
+            "-m",
+            "offramp",
+            "eval",
+            "--task",
+            str(task),
+            "--system",
+            "api=openai:gpt-4o-mini",
+            "--cache",
+            str(cache),
+            "--out",
+            str(out),
+        ]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while len(list(cache.rglob("*.json"))) < 3 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err[-2000:]
+        assert not out.exists()
+        files = [p for p in cache.rglob("*") if p.is_file()]
+        assert files and all(not p.name.startswith(".") for p in files)  # no temp files left
+        for p in files:
+            assert "response" in json.loads(p.read_text())
+        done = len(files)
+        api.latency_s = 0
+        api.reset()
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert api.completions == 24 - done  # the cached replies were reused
+        assert system(report_of(out), "api")["usage"]["cache_hits"] == done
+
+
+@pytest.mark.model
+def test_smollm2_on_banking77_subset(cli, smollm2, tmp_path):
+    """The real SmolLM2: free generation invents label names; constrained to the labels it is far above chance."""
+    task = tmp_path / "banking77_8x2.jsonl"
+    banking77_subset(task, n_labels=8, per_label=2)
+    res = cli("eval", "--task", str(task), "--system", "smol=smollm2-135m-instruct", "--out", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    s = system(report_of(tmp_path / "out"), "smol")
+    free, cons = s["modes"]["free"], s["modes"]["constrained"]
+    assert cons["invalid_rate"] == 0.0 and free["invalid_rate"] >= 50.0
+    assert cons["accuracy"]["value"] > free["accuracy"]["value"]
+    assert cons["accuracy"]["value"] > 2 * 100 / 8  # twice chance
+    assert len(s["queries"]) == 16 and all(0 < q["constrained"]["prob_among_labels"] <= 1 for q in s["queries"])
+
+
+@pytest.mark.vllm
+def test_vllm_endpoint_structured_choice(cli, vllm_tiny, mini, tmp_path):
+    """A vLLM server as an endpoint system: `structured_outputs: {"choice": labels}` keeps every answer a label,
+    even from a model with random weights."""
+    task, gold = mini
+    res = cli(
+        "eval",
+        "--task",
+        str(task),
+        "--system",
+        f"served={vllm_tiny.api_base}+model={vllm_tiny.model_name}",
+        "--no-cache",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    s = system(report_of(tmp_path / "out"), "served")
+    labels = set(gold.values())
+    assert s["mode"] == "constrained" and s["invalid_rate"] == 0.0
+    assert all(q["constrained"]["answer"] in labels for q in s["queries"])
+    assert s["modes"]["free"]["invalid_rate"] > 50.0  # random weights do not spell labels unconstrained
+    assert s["usage"]["requests"] == 24 and s["usage"]["input_tokens"] > 0
+    assert s["cost"]["source"] == "none"

@@ -1,0 +1,281 @@
+"""evals/: scoring, bootstrap intervals, the gate, system specs, the API cache and retry policy, bad input."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+from fake_openai import FakeOpenAI
+from offramp.evals.api import ApiCache, Ledger, post_with_retries
+from offramp.evals.gate import parse_gate, verdict
+from offramp.evals.metrics import INVALID, agreement, label_index, macro_f1, paired_difference, parse_answer, score
+from offramp.evals.specs import CitedSystem, EndpointSystem, LocalSystem, parse_system, parse_systems
+
+from offramp.errors import OfframpError
+
+LABELS = ["card_arrival", "card_linking", "exchange_rate"]
+
+
+# ---- answers and metrics -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [
+        ("card_arrival", 0),
+        ("  Card Arrival.\n", 0),
+        ('"exchange-rate"', 2),
+        ('{"label": "card_linking"}', 1),
+        ("card_arrival\nbecause the card…", 0),
+        ("card", INVALID),
+        ("", INVALID),
+        (None, INVALID),
+        ("The label is card_arrival", INVALID),  # exact match after normalisation, not substring search
+    ],
+)
+def test_parse_answer(raw, want):
+    assert parse_answer(raw, label_index(LABELS)) == want
+
+
+def test_macro_f1_by_hand():
+    gold = np.array([0, 0, 1, 2])
+    pred = np.array([0, 1, 1, INVALID])
+    # label 0: tp1 fp0 fn1 -> 2/3; label 1: tp1 fp1 fn0 -> 2/3; label 2: tp0 -> 0.  mean = 4/9
+    assert macro_f1(gold, pred, 3) == pytest.approx(400 / 9)
+
+
+def test_bootstrap_interval_brackets_the_point_and_is_seeded():
+    rng = np.random.default_rng(1)
+    gold = rng.integers(0, 3, 400)
+    pred = np.where(rng.random(400) < 0.7, gold, (gold + 1) % 3)
+    s = score(gold, pred, 3, seed=0)
+    acc = s["accuracy"]
+    assert acc["ci_low"] < acc["value"] < acc["ci_high"]
+    # binomial standard error at p=0.7, n=400 is 2.3 points: a 95 % interval is ~9 points wide
+    assert 6 < acc["ci_high"] - acc["ci_low"] < 12
+    assert score(gold, pred, 3, seed=0) == s
+    assert score(gold, pred, 3, seed=1)["accuracy"] != acc
+    perfect = score(gold, gold, 3)
+    assert perfect["accuracy"] == {"value": 100.0, "ci_low": 100.0, "ci_high": 100.0} and perfect["invalid_rate"] == 0
+
+
+def test_paired_difference_and_agreement():
+    gold = np.zeros(100, dtype=int)
+    a = np.zeros(100, dtype=int)  # always right
+    b = np.where(np.arange(100) < 20, INVALID, 0)  # wrong (invalid) on 20
+    d = paired_difference(gold, a, b)
+    assert d["value"] == 20.0 and 10 < d["ci_low"] < 20 < d["ci_high"] < 30
+    assert agreement(a, b) == 80.0
+
+
+# ---- gate ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("expr", "relative", "offset", "op"),
+    [
+        ("accuracy>=baseline-2", True, -2.0, ">="),
+        (" macro_f1 > baseline + 0.5 ", True, 0.5, ">"),
+        ("accuracy>=baseline", True, 0.0, ">="),
+        ("accuracy >= 75", False, 75.0, ">="),
+    ],
+)
+def test_parse_gate(expr, relative, offset, op):
+    g = parse_gate(expr)
+    assert (g.relative, g.offset, g.op) == (relative, offset, op)
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "",
+        "accuracy",
+        "accuracy=>baseline",
+        "acc>=baseline",
+        "accuracy>=base-2",
+        "accuracy>=baseline-",
+        "accuracy>=150",
+        "accuracy>=baseline*2",
+    ],
+)
+def test_malformed_gate(expr):
+    with pytest.raises(OfframpError, match="gate"):
+        parse_gate(expr)
+
+
+def _sys(name, value, low, high):
+    return {"name": name, "accuracy": {"value": value, "ci_low": low, "ci_high": high}}
+
+
+def test_gate_verdicts():
+    g = parse_gate("accuracy>=baseline-2")
+    go = verdict(
+        g, _sys("c", 79.0, 77.0, 81.0), _sys("b", 80.0, 78.0, 82.0), {"value": -1.0, "ci_low": -1.5, "ci_high": -0.5}
+    )
+    assert go["verdict"] == "GO" and go["conclusive"] and "paired difference" in go["reason"]
+    no = verdict(
+        g, _sys("c", 70.0, 65.0, 75.0), _sys("b", 80.0, 78.0, 82.0), {"value": -10.0, "ci_low": -15.0, "ci_high": -5.0}
+    )
+    assert no["verdict"] == "NO-GO" and no["conclusive"] and "fails >= 78.00" in no["reason"]
+    shaky = verdict(
+        g, _sys("c", 79.0, 70.0, 88.0), _sys("b", 80.0, 78.0, 82.0), {"value": -1.0, "ci_low": -9.0, "ci_high": 7.0}
+    )
+    assert shaky["verdict"] == "GO" and not shaky["conclusive"] and "inconclusive" in shaky["reason"]
+    absolute = verdict(parse_gate("accuracy>60"), _sys("c", 61.0, 55.0, 67.0), None, None)
+    assert absolute["verdict"] == "GO" and not absolute["conclusive"]
+
+
+# ---- system specs --------------------------------------------------------------------------------------------
+
+
+def test_parse_system_kinds(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    local = parse_system(f"cand=smollm2-135m-instruct+adapter={tmp_path}")
+    assert isinstance(local, LocalSystem) and local.model == "smollm2-135m-instruct" and local.adapter == str(tmp_path)
+    api = parse_system("base=openai:gpt-4o-mini")
+    assert (
+        isinstance(api, EndpointSystem)
+        and api.base_url == "https://api.openai.com/v1"
+        and api.key_env == "OPENAI_API_KEY"
+    )
+    claude = parse_system("c=anthropic:claude-3-5-haiku-latest")
+    assert claude.provider == "anthropic" and claude.key_env == "ANTHROPIC_API_KEY"
+    vllm = parse_system("v=http://127.0.0.1:8000/v1+model=tiny+key_env=MY_KEY")
+    assert (vllm.provider, vllm.base_url, vllm.model, vllm.key_env) == (
+        "vllm",
+        "http://127.0.0.1:8000/v1",
+        "tiny",
+        "MY_KEY",
+    )
+    cited = parse_system("gpt4=cited:banking77/gpt-4-1shot")
+    assert isinstance(cited, CitedSystem) and cited.key == "banking77/gpt-4-1shot"
+
+
+@pytest.mark.parametrize(
+    ("arg", "match"),
+    [
+        ("nospec", "NAME=SPEC"),
+        ("x=mistral:large", "unknown provider"),
+        ("x=cited:banking77/gpt-9", "unknown cited score"),
+        ("x=http://localhost:8000", "must end in /v1"),
+        ("x=smollm2-135m-instruct+adaptor=foo", "bad option"),
+        ("x=smollm2-135m-instruct+adapter=/no/such/dir", "not a directory"),
+        ("x=openai:", "name the model"),
+    ],
+)
+def test_bad_system_specs(arg, match):
+    with pytest.raises(OfframpError, match=match):
+        parse_system(arg)
+
+
+def test_missing_key_names_the_env_var(monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(OfframpError, match="set the env var ANTHROPIC_API_KEY"):
+        parse_systems(["c=anthropic:claude-3-5-haiku-latest"])
+    with pytest.raises(OfframpError, match="unique"):
+        parse_systems(["a=cited:banking77/gpt-4-1shot", "a=cited:banking77/gpt-3.5-1shot"])
+
+
+# ---- API cache and retries -----------------------------------------------------------------------------------
+
+
+def test_cache_roundtrip_and_torn_file(tmp_path):
+    cache = ApiCache(tmp_path)
+    payload = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    key = ApiCache.key("http://x/v1/chat/completions", payload)
+    assert key != ApiCache.key("http://x/v1/chat/completions", {**payload, "temperature": 0.5})
+    assert cache.get(key) is None
+    cache.put(key, {"response": {"choices": []}})
+    assert cache.get(key) == {"response": {"choices": []}}
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == [f"{key}.json"]  # no temp files left over
+    cache._path(key).write_text('{"response": {"choi')  # a file torn by something other than us
+    assert cache.get(key) is None
+
+
+def test_retry_policy_against_fake_server():
+    body = {"model": "m", "messages": [{"role": "user", "content": "q"}]}
+    with FakeOpenAI({"q": "a"}, schedule=[429, 503]) as api:
+        ledger = Ledger()
+        out, _ = post_with_retries(
+            f"{api.url}/chat/completions", body, {}, who="t", key_env=None, ledger=ledger, backoff_s=0.01
+        )
+        assert out["choices"][0]["message"]["content"] == "a"
+        assert api.statuses == [429, 503, 200] and ledger.retries == 2
+        api.reset()
+        api.schedule = [400]  # a client error is not retried
+        with pytest.raises(OfframpError, match="HTTP 400"):
+            post_with_retries(
+                f"{api.url}/chat/completions", body, {}, who="t", key_env=None, ledger=Ledger(), backoff_s=0.01
+            )
+        assert api.completions == 1
+        api.schedule = [500] * 3
+        with pytest.raises(OfframpError, match="failed after 3 attempts; last: HTTP 500"):
+            post_with_retries(
+                f"{api.url}/chat/completions",
+                body,
+                {},
+                who="t",
+                key_env=None,
+                ledger=Ledger(),
+                max_attempts=3,
+                backoff_s=0.01,
+            )
+    with (
+        FakeOpenAI({"q": "a"}, api_key="sk-right") as api,
+        pytest.raises(OfframpError, match="check the key in OPENAI_API_KEY"),
+    ):
+        post_with_retries(
+            f"{api.url}/chat/completions",
+            body,
+            {"Authorization": "Bearer sk-wrong"},
+            who="t",
+            key_env="OPENAI_API_KEY",
+            ledger=Ledger(),
+        )
+
+
+# ---- bad input through the CLI: one clear line, exit != 0 ----------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chat(user: str, answer: str | None) -> str:
+    msgs = [{"role": "user", "content": user}] + ([{"role": "assistant", "content": answer}] if answer else [])
+    return json.dumps({"messages": msgs})
+
+
+def test_bad_inputs(cli, tmp_path):
+    no_labels = tmp_path / "nolabels.jsonl"
+    no_labels.write_text(_chat("hello", None) + "\n")
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join(_chat(f"q{i}", "yes" if i % 2 else "no") for i in range(4)) + "\n")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    env = {"OPENAI_API_KEY": ""}
+    cases = [
+        (["--task", "banking78", "--system", "a=cited:banking77/gpt-4-1shot"], "unknown task 'banking78'"),
+        (["--task", str(no_labels), "--system", "a=x"], "last message must be the assistant"),
+        (["--task", "banking77", "--system", "a=openai:gpt-4o-mini"], "set the env var OPENAI_API_KEY"),
+        (
+            ["--task", "banking77", "--system", "a=x", "--system", "b=cited:banking77/gpt-4-1shot", "--gate", "acc>>1"],
+            "malformed gate",
+        ),
+        (["--task", str(good), "--system", f"a={url}"], f"endpoint {url} is unreachable"),
+        (
+            ["--task", str(good), "--system", f"a={url}", "--system", "b=cited:banking77/gpt-4-1shot"],
+            "is a banking77 score, but the task is 'good'",
+        ),
+        (["--task", "banking77", "--system", "b=cited:banking77/gpt-4-1shot"], "the candidate must be measured"),
+    ]
+    for args, message in cases:
+        res = cli("eval", *args, "--out", str(tmp_path / "out"), env=env, timeout=120)
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode != 0, args
+        assert lines and lines[-1].startswith("offramp: error: ") and message in lines[-1], (args, res.stderr[-800:])
+    assert not (tmp_path / "out").exists()  # nothing half-written
