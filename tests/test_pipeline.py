@@ -12,7 +12,7 @@ def test_embedded_default_config_is_valid():
     cfg = load_config(None)
     assert default_config_path().name == "pipeline-cpu.yaml"
     assert cfg.model == "smollm2-135m-instruct" and cfg.task.source == "banking77"
-    assert [s.name for s in build_stages(cfg)] == ["pull", "data", "finetune", "eval", "serve", "breakeven"]
+    assert [s.name for s in build_stages(cfg)] == ["pull", "data", "finetune", "eval", "bench", "breakeven"]
 
 
 def test_gpu_example_config_is_valid():

@@ -96,7 +96,7 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed (.ci/run installs it)")
         pytest.skip("chromium not installed")
-    results = [StageResult("eval", "done", 60, run_dir / "eval"), StageResult("serve", "done", 90, run_dir / "serve")]
+    results = [StageResult("eval", "done", 60, run_dir / "eval"), StageResult("bench", "done", 90, run_dir / "serve")]
     html = report.write(run_dir, report.collect(PipelineConfig().model_dump(), results))
     text = html.read_text()
     assert "NO-GO" in text and "Loukas" in text and "data:image/png;base64," in text

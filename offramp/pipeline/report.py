@@ -32,9 +32,9 @@ def _maybe(path: Path | None, kind: str | None = None) -> Any:
 def collect(cfg: dict, results: list[StageResult]) -> dict:
     dirs = {r.name: r.workdir for r in results if r.status in ("done", "cached")}
     ev = _maybe(dirs["eval"] / "eval_report.json", "eval") if "eval" in dirs else None
-    bench = _maybe(dirs["serve"] / "bench_report.json", "bench") if "serve" in dirs else None
+    bench = _maybe(dirs["bench"] / "bench_report.json", "bench") if "bench" in dirs else None
     be = _maybe(dirs["breakeven"] / "breakeven_report.json") if "breakeven" in dirs else None
-    ft = _maybe(dirs["finetune"] / "adapter" / "finetune_report.json") if "finetune" in dirs else None
+    ft = _maybe(dirs["finetune"] / "ft" / "finetune_report.json") if "finetune" in dirs else None
     failed = [r for r in results if r.status in ("failed", "skipped", "missing")]
     return {
         "created_at": now_iso(),

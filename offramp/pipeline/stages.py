@@ -7,12 +7,13 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
 from offramp.pipeline.config import PipelineConfig
-from offramp.pipeline.runner import Stage, StageFailed, offramp_cmd, stop_process_group
+from offramp.pipeline.runner import Stage, StageFailed, console, offramp_cmd, stop_process_group
 from offramp.placeholder import UNBUILT
 from offramp.store import KNOWN
 
@@ -70,50 +71,70 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
             "--recipe",
             f.recipe,
             "--out",
-            str(w / "adapter"),
-            *_host_args(cfg),
+            str(w / "ft"),
+            *_host_price_args(cfg),
             *f.args,
             log=log(w),
         )
 
-    def evaluate(w: Path, up: dict[str, Path]) -> None:
-        systems = ["--system", f"base={model}"]
-        if "finetune" in up:
-            systems += ["--system", f"tuned={model}+adapter={up['finetune'] / 'adapter'}"]
-        for b in cfg.baselines:
-            systems += ["--system", f"{b.name}={baseline_spec(b.spec, b.fallback)}"]
-        offramp_cmd(
-            "eval",
-            "--task",
-            str(up["data"] / "data/test.jsonl"),
-            *systems,
-            "--gate",
-            cfg.gate,
-            "--out",
-            str(w),
-            log=log(w),
-        )
-
-    def serve_bench(w: Path, up: dict[str, Path]) -> None:
-        s = cfg.serve
+    @contextmanager
+    def served(w: Path, up: dict[str, Path]):
+        """`offramp serve` the base model (+ the tuned adapter) on a free loopback port; yields its base URL."""
         port = _free_port()
-        served = [model]
+        args = [model, "--name", "base", "--port", str(port), *cfg.serve.args]
         if "finetune" in up:
-            served += ["--adapter", f"tuned={up['finetune'] / 'adapter'}"]
+            args += ["--adapter", f"tuned={up['finetune'] / 'ft' / 'adapter'}"]
+        console.print(f"  [dim]$ offramp serve {' '.join(args)}[/]")
         with open(log(w), "a") as server_log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "offramp", "serve", *served, "--port", str(port), *s.args],
+                [sys.executable, "-m", "offramp", "serve", *args],
                 stdout=server_log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         try:
             _wait_healthy(proc, port, log(w))
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop_process_group(proc)
+
+    def candidate(up: dict[str, Path]) -> str:
+        return "tuned" if "finetune" in up else "base"
+
+    def evaluate(w: Path, up: dict[str, Path]) -> None:
+        # Scored as served: through vLLM, answers constrained to the label set (and free, for comparison).
+        with served(w, up) as url:
+            systems = ["--system", f"base={url}/v1+model=base"]
+            if "finetune" in up:
+                systems += ["--system", f"tuned={url}/v1+model=tuned"]
+            for b in cfg.baselines:
+                systems += ["--system", f"{b.name}={baseline_spec(b.spec, b.fallback)}"]
+            offramp_cmd(
+                "eval",
+                "--task",
+                str(up["data"] / "data/test.jsonl"),
+                *systems,
+                "--gate",
+                cfg.gate,
+                "--candidate",
+                candidate(up),
+                "--baseline",
+                cfg.baselines[0].name,
+                "--out",
+                str(w),
+                log=log(w),
+            )
+
+    def bench(w: Path, up: dict[str, Path]) -> None:
+        s = cfg.serve
+        with served(w, up) as url:
             args = [
                 "bench",
-                f"http://127.0.0.1:{port}/v1",
+                url,
                 "--workload",
                 str(up["data"] / "data/test.jsonl"),
+                "--model",
+                candidate(up),
                 "--concurrency",
                 ",".join(map(str, s.concurrency)),
                 "--num-prompts",
@@ -126,13 +147,9 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                 str(w),
                 *_host_args(cfg),
             ]
-            if "finetune" in up:
-                args += ["--model-name", "tuned"]
             if s.structured_choice:
                 args += ["--structured-choice", str(up["data"] / "data/labels.json")]
             offramp_cmd(*args, log=log(w))
-        finally:
-            stop_process_group(proc)
 
     def breakeven(w: Path, up: dict[str, Path]) -> None:
         c = cfg.cost
@@ -141,7 +158,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
             "--api",
             c.api_model,
             "--bench",
-            str(up["serve"] / "bench_report.json"),
+            str(up["bench"] / "bench_report.json"),
             "--requests-per-month",
             str(c.requests_per_month),
             "--peak-to-average",
@@ -154,7 +171,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         if "eval" in up:
             args += ["--eval", str(up["eval"] / "eval_report.json")]
         if "finetune" in up:
-            args += ["--finetune", str(up["finetune"] / "adapter" / "finetune_report.json")]
+            args += ["--finetune", str(up["finetune"] / "ft" / "finetune_report.json")]
         offramp_cmd(*args, log=log(w))
 
     stages = [
@@ -182,21 +199,21 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
             evaluate,
             ["pull", "data", *ft],
             optional=True,
-            commands=("eval",),
+            commands=("eval", "serve"),
         )
     )
     if cfg.serve.enabled:
         stages.append(
             Stage(
-                "serve",
+                "bench",
                 {"model": model, **cfg.serve.model_dump()},
-                serve_bench,
+                bench,
                 ["pull", "data", *ft],
                 commands=("serve", "bench"),
             )
         )
         stages.append(
-            Stage("breakeven", cfg.cost.model_dump(), breakeven, ["serve", *ev, *ft], commands=("breakeven",))
+            Stage("breakeven", cfg.cost.model_dump(), breakeven, ["bench", *ev, *ft], commands=("breakeven",))
         )
     return stages
 
@@ -206,6 +223,18 @@ def _host_args(cfg: PipelineConfig) -> list[str]:
     if c.host_price_per_hour is not None:
         return ["--host-price-per-hour", str(c.host_price_per_hour)]
     return ["--host", c.host] if c.host else []
+
+
+def _host_price_args(cfg: PipelineConfig) -> list[str]:
+    """For commands that take only an hourly price: a named host is looked up in the price catalogue."""
+    c = cfg.cost
+    if c.host_price_per_hour is not None:
+        return ["--host-price-per-hour", str(c.host_price_per_hour)]
+    if c.host:
+        from offramp.cost import catalogue_host_price
+
+        return ["--host-price-per-hour", str(catalogue_host_price(c.host)["value"])]
+    return []
 
 
 def _wait_healthy(proc: subprocess.Popen, port: int, log: Path, timeout: float = 600) -> None:
