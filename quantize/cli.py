@@ -1,7 +1,101 @@
-import typer
+"""`offramp quantize MODEL --method …` and `offramp quantize compare DIR…`."""
 
-from offramp.placeholder import placeholder
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+METHOD_NAMES = "bnb-nf4, bnb-int8, gptq-w4a16, w8a8-int8"
+
+
+class _RunByDefault(TyperGroup):
+    """`offramp quantize MODEL …` means `offramp quantize run MODEL …`; `compare` stays a subcommand."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+quantize_app = typer.Typer(
+    cls=_RunByDefault,
+    no_args_is_help=True,
+    help="Quantize a model (bnb NF4 / INT8, GPTQ W4A16, INT8 W8A8): checkpoint + measured size and perplexity change.",
+)
+
+
+@quantize_app.command("run")
+def run(
+    model: Annotated[str, typer.Argument(help="store name, checkpoint dir (e.g. a merged fine-tune) or hub id")],
+    method: Annotated[str, typer.Option(help=METHOD_NAMES)],
+    calib: Annotated[
+        str,
+        typer.Option(
+            help="calibration data: chat JSONL (train.jsonl; test.jsonl beside it is the held-out text) or banking77"
+        ),
+    ] = "banking77",
+    out: Annotated[Path | None, typer.Option(help="output dir (default: quantized/<model>-<method>)")] = None,
+    n_calib: Annotated[int, typer.Option(help="calibration conversations (GPTQ / SmoothQuant)")] = 128,
+    n_heldout: Annotated[int, typer.Option(help="held-out conversations scored for perplexity")] = 100,
+    max_ppl_ratio: Annotated[
+        float, typer.Option(help="reload check: fail above this x the original's perplexity")
+    ] = 2.0,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output dir")] = False,
+    sym: Annotated[
+        bool,
+        typer.Option(help="gptq-w4a16: symmetric; --no-sym adds zero points (better ppl, vLLM 0.32 cannot load it)"),
+    ] = True,
+) -> None:
+    """Quantize MODEL with METHOD, reload and check it, write the checkpoint and quantize_report.json atomically."""
+    import os
+
+    from offramp.quantize.calib import load_task_text
+    from offramp.quantize.methods import get_method
+    from rich.console import Console
+
+    from offramp.envs import require_env
+    from offramp.store import resolve_model
+
+    # bad method, model or calibration data: one error line here, before any env is set up or model loaded
+    chosen = get_method(method)
+    src = resolve_model(model)
+    load_task_text(calib, n_calib=n_calib, n_heldout=n_heldout)
+    out = out or Path("quantized") / f"{Path(model.rstrip('/')).name}-{chosen.name}"
+    os.environ.setdefault("TQDM_DISABLE", "1")  # before any library imports tqdm (here or in the re-exec'd env)
+    require_env(chosen.env)
+    from offramp.quantize.run import quantize_model
+
+    report = quantize_model(
+        chosen,
+        model,
+        src,
+        out,
+        calib=calib,
+        n_calib=n_calib,
+        n_heldout=n_heldout,
+        max_ppl_ratio=max_ppl_ratio,
+        overwrite=overwrite,
+        sym=sym,
+    )
+    Console(stderr=True).print(
+        f"[green]wrote[/] {out}: linear layers {report['linear_compression']}x smaller, checkpoint "
+        f"{report['size_ratio']}x of the original, perplexity {report['base_perplexity']:.3f} -> "
+        f"{report['perplexity']:.3f} ({report['perplexity_change_pct']:+.1f} %), {report['quantize_time_s']} s"
+    )
+    print(out)
+
+
+@quantize_app.command("compare")
+def compare(dirs: Annotated[list[Path], typer.Argument(help="quantized checkpoint dirs (or their reports)")]) -> None:
+    """Print the size / quality table of several quantize reports."""
+    from offramp.quantize.table import comparison_table
+    from rich.console import Console
+
+    Console().print(comparison_table(dirs))
 
 
 def register(app: typer.Typer) -> None:
-    placeholder(app, "quantize", "Quantize a model (NF4, INT8, GPTQ W4A16, W8A8); size and quality loss", 5)
+    app.add_typer(quantize_app, name="quantize")

@@ -1,0 +1,48 @@
+"""The comparison table of several quantize reports (rich)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from offramp.artifacts import QuantizeReport, load_report
+
+REPORT = "quantize_report.json"
+
+
+def load_reports(paths: list[Path]) -> list[QuantizeReport]:
+    return [load_report(p / REPORT if Path(p).is_dir() else Path(p), "quantize") for p in paths]
+
+
+def _mb(n: int | None) -> str:
+    return f"{n / 1e6:.1f}" if n else "-"
+
+
+def comparison_table(paths: list[Path]) -> Table:
+    reports = load_reports(paths)
+    hw = {r.hardware.get("cpu") or "?" for r in reports}
+    table = Table(title=f"quantized checkpoints (measured on {', '.join(sorted(hw))})")
+    for col, just in [
+        ("method", "left"),
+        ("model", "left"),
+        ("linear layers MB (x smaller)", "right"),
+        ("checkpoint MB (vs orig)", "right"),
+        ("perplexity orig -> quantized", "right"),
+        ("quantize s", "right"),
+        ("vLLM-CPU", "left"),
+    ]:
+        table.add_column(col, justify=just, no_wrap=col == "method")
+    for r in reports:
+        extra = r.model_extra or {}
+        change = 100 * (r.perplexity / r.base_perplexity - 1)
+        table.add_row(
+            r.method,
+            Path(r.base_model).name,
+            f"{_mb(extra.get('linear_bytes'))} ({extra.get('linear_compression', 0):.2f}x)",
+            f"{_mb(r.size_bytes)} ({r.size_bytes / r.base_size_bytes:.2f}x)",
+            f"{r.base_perplexity:.2f} -> {r.perplexity:.2f} ({change:+.1f} %)",
+            f"{extra.get('quantize_time_s', 0):.0f}",
+            "yes" if extra.get("servable_by_vllm_cpu") else "no",
+        )
+    return table
