@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from offramp.data import BUILTIN
 from offramp.pipeline.config import PipelineConfig
 from offramp.pipeline.runner import Stage, StageFailed, console, offramp_cmd, stop_process_group
 from offramp.placeholder import UNBUILT
@@ -101,6 +102,15 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     def candidate(up: dict[str, Path]) -> str:
         return "tuned" if "finetune" in up else "base"
 
+    def task_args(up: dict[str, Path]) -> list[str]:
+        # A built-in task is named as such (cited scores are tied to it); eval draws the same test subset and
+        # prompt as `data prepare` did (same per-label selection, seed and short system prompt).
+        t = cfg.task
+        if t.source in BUILTIN and t.prompt_style == "short":
+            limit = ["--limit-per-label", str(t.test_per_label)] if t.test_per_label else []
+            return ["--task", t.source, *limit, "--seed", str(t.seed)]
+        return ["--task", str(up["data"] / "data/test.jsonl")]
+
     def evaluate(w: Path, up: dict[str, Path]) -> None:
         # Scored as served: through vLLM, answers constrained to the label set (and free, for comparison).
         with served(w, up) as url:
@@ -111,8 +121,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                 systems += ["--system", f"{b.name}={baseline_spec(b.spec, b.fallback)}"]
             offramp_cmd(
                 "eval",
-                "--task",
-                str(up["data"] / "data/test.jsonl"),
+                *task_args(up),
                 *systems,
                 "--gate",
                 cfg.gate,
