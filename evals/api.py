@@ -10,9 +10,11 @@ attempt so the two policies do not multiply.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,9 +66,19 @@ class Ledger:
     http_requests: int = 0
     retries: int = 0
     status_counts: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # requests run in worker threads
 
     def record(self, messages: list[dict], mode: str, entry: dict) -> None:
-        self.calls[(json.dumps(messages, ensure_ascii=False), mode)] = entry
+        with self.lock:
+            self.calls[(json.dumps(messages, ensure_ascii=False), mode)] = entry
+
+    def count(self, *, status: int | None = None, retry: bool = False) -> None:
+        with self.lock:
+            if retry:
+                self.retries += 1
+            if status is not None:
+                self.http_requests += 1
+                self.status_counts[str(status)] = self.status_counts.get(str(status), 0) + 1
 
     def lookup(self, messages: list[dict], mode: str) -> dict | None:
         return self.calls.get((json.dumps(messages, ensure_ascii=False), mode))
@@ -95,7 +107,7 @@ def post_with_retries(
     last = ""
     for attempt in range(max_attempts):
         if attempt:
-            ledger.retries += 1
+            ledger.count(retry=True)
         start = time.perf_counter()
         try:
             resp = httpx.post(url, json=payload, headers=headers, timeout=timeout_s)
@@ -103,8 +115,7 @@ def post_with_retries(
             last, wait = f"{type(e).__name__}: {e}", None
         else:
             latency = time.perf_counter() - start
-            ledger.http_requests += 1
-            ledger.status_counts[str(resp.status_code)] = ledger.status_counts.get(str(resp.status_code), 0) + 1
+            ledger.count(status=resp.status_code)
             if resp.status_code == 200:
                 try:
                     return resp.json(), latency
@@ -148,8 +159,13 @@ def make_api_lm(
     max_gen_toks: int,
     max_attempts: int = 6,
     backoff_s: float = 0.5,
+    concurrency: int = 8,
 ):
-    """An lm-eval LM for the endpoint (class built here so lm-eval is imported only when an eval runs)."""
+    """An lm-eval LM for the endpoint (class built here so lm-eval is imported only when an eval runs).
+
+    With `concurrency` > 1 lm-eval sends its requests through `amodel_call` under a semaphore; ours runs the same
+    cached, retrying `model_call` in a worker thread, so both paths share one cache, retry policy and ledger."""
+    from lm_eval.models.api_models import LMEVAL_MODEL_NONE_ANSWER_PLACEHOLDER as NONE_ANSWER
     from lm_eval.models.openai_completions import LocalChatCompletion
 
     class CachedChatCompletions(LocalChatCompletion):
@@ -222,13 +238,22 @@ def make_api_lm(
             )
             return response
 
+        async def amodel_call(self, session, sem, messages, *, generate=True, cache_keys=None, gen_kwargs=None, **kw):
+            async with sem:
+                response = await asyncio.to_thread(self.model_call, messages, generate=generate, gen_kwargs=gen_kwargs)
+            answers = self.parse_generations(outputs=response)
+            for answer, cache_key in zip(answers, cache_keys or [], strict=False):
+                if answer is not None:
+                    self.cache_hook.add_partial("generate_until", cache_key, answer)
+            return [NONE_ANSWER if a is None else a for a in answers]
+
     return CachedChatCompletions(
         base_url=f"{system.base_url}/chat/completions",
         model=model,
         tokenizer_backend=None,
         tokenized_requests=False,
         max_retries=1,
-        num_concurrent=1,
+        num_concurrent=concurrency,
         max_gen_toks=max_gen_toks,
     )
 

@@ -69,7 +69,10 @@ def point(inp: CascadeInputs, threshold: float, *, boot: np.ndarray | None = Non
     local = inp.local_conf >= threshold
     correct = _correct(inp, local)
     share = float(local.mean())
-    cost = share * inp.local_cost_per_query + (1 - share) * inp.api_cost_per_query
+    # The local model answers every query first (that is how the router decides); the escalated share is also
+    # paid at the API's price. The all-API end point is the API alone, with no local server to pay for.
+    local_cost = 0.0 if threshold >= ALL_API else inp.local_cost_per_query
+    cost = local_cost + (1 - share) * inp.api_cost_per_query
     out = {
         "threshold": round(float(threshold), 6),
         "local_share": round(share, 4),
@@ -159,6 +162,7 @@ def evaluate(
         "target": target if target is not None else f"escalation<={max_escalation}",
         "n_calibration": len(calib_idx),
         "n_test": len(test_idx),
+        "test_index": [int(i) for i in test_idx],  # positions in the eval's query list, for auditing the split
         "chosen_on_calibration": chosen,
         "on_test": held_out,
         "all_local_test": point(test, 0.0, boot=boot),

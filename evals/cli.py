@@ -35,6 +35,7 @@ def eval_command(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="neither read nor write the API reply cache")] = False,
     batch_size: Annotated[int, typer.Option(help="batch size of local models")] = 8,
     max_attempts: Annotated[int, typer.Option(help="attempts per API request (backoff on 429/5xx)")] = 6,
+    concurrency: Annotated[int, typer.Option(help="requests in flight per endpoint system")] = 8,
 ) -> None:
     """Evaluate systems on a classification task through lm-eval; free and label-constrained answers, 95 % CIs,
     per-label errors, tokens and $ at list price, and a GO / NO-GO gate."""
@@ -61,8 +62,8 @@ def eval_command(
         raise OfframpError(f"the candidate {cand!r} is a cited score; the candidate must be measured here")
     if parsed_gate is not None and parsed_gate.relative and base is None:
         raise OfframpError(f"gate {gate!r} compares with the baseline: give a second --system")
-    if max_attempts < 1 or batch_size < 1:
-        raise OfframpError("--max-attempts and --batch-size must be at least 1")
+    if max_attempts < 1 or batch_size < 1 or concurrency < 1:
+        raise OfframpError("--max-attempts, --batch-size and --concurrency must be at least 1")
 
     from offramp.envs import require_env
 
@@ -81,8 +82,12 @@ def eval_command(
         use_cache=not no_cache,
         batch_size=batch_size,
         max_attempts=max_attempts,
+        concurrency=concurrency,
     )
 
 
 def register(app: typer.Typer) -> None:
+    from offramp.evals.cascade_cli import register as register_cascade
+
     app.command("eval")(eval_command)
+    register_cascade(app)

@@ -33,6 +33,7 @@ def run_eval(
     use_cache: bool = True,
     batch_size: int = 8,
     max_attempts: int = 6,
+    concurrency: int = 8,
 ) -> dict:
     cache = ApiCache(cache_dir or home() / "api-cache") if use_cache else None
     answers: dict[str, Answers] = {}
@@ -42,7 +43,7 @@ def run_eval(
         if isinstance(s, LocalSystem):
             answers[s.name] = run_local(s, task, batch_size=batch_size)
         elif isinstance(s, EndpointSystem):
-            answers[s.name] = run_endpoint(s, task, cache=cache, max_attempts=max_attempts)
+            answers[s.name] = run_endpoint(s, task, cache=cache, max_attempts=max_attempts, concurrency=concurrency)
     body = build_body(task, systems, answers, gate=gate, candidate=candidate, baseline=baseline, seed=seed)
     # the contract later stages read: check it before anything is written
     EvalReport.model_validate({"stage": "eval", "created_at": now_iso(), "hardware": hardware_info(), **body})

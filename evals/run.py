@@ -146,6 +146,7 @@ def run_endpoint(
     cache: ApiCache | None,
     max_attempts: int = 6,
     backoff_s: float = 0.5,
+    concurrency: int = 8,
 ) -> Answers:
     model = probe(system)
     ledger = Ledger()
@@ -161,7 +162,14 @@ def run_endpoint(
         modes["constrained"] = _gen_kwargs(n_tok + 8, [], **extra, **asks)
         notes.append(f"constrained = request field {next(iter(extra))} restricting the answer to the label set")
     lm = make_api_lm(
-        system, model, cache=cache, ledger=ledger, max_gen_toks=n_tok, max_attempts=max_attempts, backoff_s=backoff_s
+        system,
+        model,
+        cache=cache,
+        ledger=ledger,
+        max_gen_toks=n_tok,
+        max_attempts=max_attempts,
+        backoff_s=backoff_s,
+        concurrency=concurrency,
     )
     start = time.perf_counter()
     samples = _evaluate(lm, build_lm_eval_tasks(task, modes))

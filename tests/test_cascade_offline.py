@@ -1,3 +1,6 @@
+import json
+import os
+
 import numpy as np
 import pytest
 from offramp.evals.cascade import ALL_API, CascadeInputs, calibration_split, choose_threshold, curve, evaluate, point
@@ -9,7 +12,7 @@ GOLD = np.array([0, 1, 2, 3])
 LOCAL = np.array([0, 1, 9, 9])
 CONF = np.array([0.9, 0.8, 0.3, 0.2])
 API = np.array([0, 1, 2, 9])
-# $ per query: local 0.001, API 0.01
+# $ per query: local 0.001 (paid for every query: the local model answers first), API 0.01 per escalated query
 
 
 def _inputs(api=API, api_accuracy=None):
@@ -19,9 +22,9 @@ def _inputs(api=API, api_accuracy=None):
 def test_points_by_hand():
     inp = _inputs()
     # t=0.5: q0, q1 local (both right); q2 to the API (right), q3 to the API (wrong): 3/4 = 75 %.
-    # cost: 0.5 * 0.001 + 0.5 * 0.01 = 0.0055 per query = 5.5 $ per 1k queries.
+    # cost: 0.001 + 0.5 * 0.01 = 0.006 per query = 6 $ per 1k queries.
     p = point(inp, 0.5)
-    assert (p["local_share"], p["accuracy"], p["usd_per_1k_queries"]) == (0.5, 75.0, 5.5)
+    assert (p["local_share"], p["accuracy"], p["usd_per_1k_queries"]) == (0.5, 75.0, 6.0)
     # all local: 2/4 right, 1 $ per 1k; all API: 3/4 right, 10 $ per 1k.
     assert (point(inp, 0.0)["accuracy"], point(inp, 0.0)["usd_per_1k_queries"]) == (50.0, 1.0)
     assert (point(inp, ALL_API)["accuracy"], point(inp, ALL_API)["usd_per_1k_queries"]) == (75.0, 10.0)
@@ -50,7 +53,7 @@ def test_choose_threshold_cheapest_meeting_target():
     assert (chosen["threshold"], chosen["accuracy"], chosen["usd_per_1k_queries"], chosen["met"]) == (
         0.8,
         75.0,
-        5.5,
+        6.0,
         True,
     )
     # Escalating at most 50 %: the most accurate such point escalates q2, q3 (t=0.8, 75 %); at most 25 %
@@ -87,3 +90,106 @@ def test_threshold_is_chosen_on_calibration_and_scored_on_test():
 def test_confidence_must_be_a_probability():
     with pytest.raises(OfframpError, match="probabilities"):
         CascadeInputs(GOLD, LOCAL, CONF * 2, API, None, 0.001, 0.01)
+
+
+# ---- `offramp cascade` on real answers: the tiny model through lm-eval vs a fake API (a real HTTP server) ----
+
+_API_WRONG = 5  # the fake API answers all but 5 of the 24 queries right
+
+
+@pytest.fixture(scope="module")
+def tiny_vs_api(tmp_path_factory, tiny_model):
+    import subprocess
+    import sys
+
+    from fake_openai import FakeOpenAI
+    from test_eval_run import banking77_subset, wrong_for
+
+    d = tmp_path_factory.mktemp("cascade")
+    gold = banking77_subset(d / "task.jsonl", n_labels=6, per_label=4)
+    with FakeOpenAI(wrong_for(gold, _API_WRONG), api_key="sk-test") as api:
+        env = {**os.environ, "OPENAI_BASE_URL": api.url, "OPENAI_API_KEY": "sk-test"}
+        args = ["eval", "--task", str(d / "task.jsonl"), "--system", f"tiny={tiny_model}"]
+        args += ["--system", "api=openai:gpt-4o-mini", "--no-cache", "--out", str(d / "eval")]
+        res = subprocess.run([sys.executable, "-m", "offramp", *args], env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+    costs = {"self_hosted": {"cost": {"per_request_usd": {"value": 0.0001}}}}
+    costs["api"] = {"cost": {"per_request_usd": {"value": 0.002}}}
+    (d / "breakeven_report.json").write_text(json.dumps(costs))
+    return d, gold
+
+
+def _by_hand(report: dict, threshold: float, idx: list[int]) -> float:
+    cand = next(s for s in report["systems"] if s["name"] == "tiny")
+    api = next(s for s in report["systems"] if s["name"] == "api")
+    right = 0
+    for i in idx:
+        gold = report["queries"][i]["gold"]
+        local = cand["queries"][i][cand["mode"]]
+        answer = local["label"] if local["prob"] >= threshold else api["queries"][i][api["mode"]]["label"]
+        right += answer == gold
+    return 100 * right / len(idx)
+
+
+def test_cascade_cli_on_real_answers(cli, tiny_vs_api, tmp_path):
+    d, _ = tiny_vs_api
+    args = ["--eval", str(d / "eval/eval_report.json"), "--breakeven", str(d / "breakeven_report.json")]
+    res = cli("cascade", *args, "--candidate", "tiny", "--baseline", "api", "--max-escalation", "0.5",
+              "--out", str(tmp_path / "c"))  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    rep = json.loads((tmp_path / "c/cascade_report.json").read_text())
+    assert (tmp_path / "c/cascade.png").stat().st_size > 10_000
+    evald = json.loads((d / "eval/eval_report.json").read_text())
+    chosen, test_idx = rep["on_test"], rep["test_index"]
+    assert rep["n_test"] == len(test_idx) == 12 and rep["estimated"] is False
+    assert 1 - rep["chosen_on_calibration"]["local_share"] <= 0.5 + 1e-9
+    # the held-out point, recomputed from the per-query answers
+    assert chosen["accuracy"] == pytest.approx(_by_hand(evald, chosen["threshold"], test_idx), abs=0.01)
+    assert chosen["usd_per_1k_queries"] == pytest.approx(1000 * (0.0001 + (1 - chosen["local_share"]) * 0.002))
+    api_right = 100 * sum(evald["queries"][i]["gold"] == next(s for s in evald["systems"] if s["name"] == "api")[
+        "queries"][i]["constrained"]["label"] for i in test_idx) / len(test_idx)  # fmt: skip
+    assert rep["all_api_test"]["accuracy"] == pytest.approx(api_right, abs=0.01)
+    assert rep["all_api_test"]["usd_per_1k_queries"] == pytest.approx(2.0)  # the API alone: no local server
+    assert rep["curve_test"][0]["local_share"] == 1.0 and rep["curve_test"][-1]["local_share"] == 0.0
+    assert "keeps" in res.stdout and rep["escalation_share"] == pytest.approx(1 - chosen["local_share"])
+
+
+def test_cascade_cli_with_a_cited_baseline_is_an_estimate(cli, tiny_vs_api, tmp_path):
+    d, _ = tiny_vs_api
+    report = json.loads((d / "eval/eval_report.json").read_text())
+    api = next(s for s in report["systems"] if s["name"] == "api")
+    api.clear()
+    api.update(name="api", source="cited", accuracy={"value": 80.0, "ci_low": 80.0, "ci_high": 80.0})
+    (tmp_path / "eval_report.json").write_text(json.dumps(report))
+    args = ["--eval", str(tmp_path / "eval_report.json"), "--breakeven", str(d / "breakeven_report.json")]
+    res = cli("cascade", *args, "--target", "accuracy>=baseline-1", "--out", str(tmp_path / "c"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    rep = json.loads((tmp_path / "c/cascade_report.json").read_text())
+    assert rep["estimated"] is True and "optimistic" in rep["assumption"]
+    assert rep["all_api_test"]["accuracy"] == pytest.approx(80.0)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("no_probs", "no per-answer log-probabilities"),
+        ("no_breakeven", "no such file"),
+        ("bad_target", "malformed target"),
+        ("unknown_candidate", "is not a system of the eval report"),
+    ],
+)
+def test_cascade_cli_bad_input(cli, tiny_vs_api, tmp_path, change, message):
+    d, _ = tiny_vs_api
+    report = json.loads((d / "eval/eval_report.json").read_text())
+    if change == "no_probs":
+        for q in report["systems"][0]["queries"]:
+            q["constrained"].pop("prob", None)
+    (tmp_path / "e.json").write_text(json.dumps(report))
+    args = ["cascade", "--eval", str(tmp_path / "e.json"), "--breakeven", str(d / "breakeven_report.json")]
+    args += ["--candidate", "nope" if change == "unknown_candidate" else "tiny", "--baseline", "api"]
+    args += ["--target", "accuracy>>1"] if change == "bad_target" else ["--max-escalation", "0.3"]
+    if change == "no_breakeven":
+        args[args.index("--breakeven") + 1] = str(tmp_path / "missing.json")
+    res = cli(*args, "--out", str(tmp_path / "c"))
+    assert res.returncode != 0 and message in res.stderr
+    assert not (tmp_path / "c").exists()
