@@ -12,7 +12,8 @@ def test_embedded_default_config_is_valid():
     cfg = load_config(None)
     assert default_config_path().name == "pipeline-cpu.yaml"
     assert cfg.model == "smollm2-135m-instruct" and cfg.task.source == "banking77"
-    assert [s.name for s in build_stages(cfg)] == ["pull", "data", "finetune", "eval", "bench", "breakeven"]
+    names = [s.name for s in build_stages(cfg)]
+    assert names[:2] == ["pull", "data"] and names[-4:] == ["eval", "bench", "breakeven", "cascade"]
 
 
 def test_gpu_example_config_is_valid():
@@ -27,6 +28,8 @@ def test_gpu_example_config_is_valid():
         ("serve:\n  num_prompts: 0\n", "serve.num_prompts: Input should be greater than or equal to 1"),
         ("quantize:\n  methods: [int3]\n", "quantize.methods.0: Input should be"),
         ("- a list\n", "expected a mapping"),
+        ("cascade:\n  target: accuracy>>1\n", "cascade.target: Value error, malformed target"),
+        ("cascade:\n  max_escalation: 1.5\n", "cascade.max_escalation: Input should be less than or equal to 1"),
         ("model: [unclosed\n", "not valid YAML"),
     ],
 )

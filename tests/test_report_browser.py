@@ -88,7 +88,25 @@ def run_dir(tmp_path):
             "prefix_cache_hit_rate": 0.9,
         },
     )
+    _cascade(tmp_path / "cascade")
     return tmp_path
+
+
+def _cascade(d):
+    """A cascade report made by the real curve code on 40 synthetic queries (cited baseline: an estimate)."""
+    import numpy as np
+    from offramp.evals.cascade import CascadeInputs, evaluate
+    from offramp.evals.cascade_cli import plot
+
+    rng = np.random.default_rng(0)
+    gold = np.repeat(np.arange(4), 10)
+    conf = rng.random(40)
+    local = np.where(conf > 0.5, gold, (gold + 1) % 4)
+    res = evaluate(CascadeInputs(gold, local, conf, None, 80.4, 1e-5, 2e-4), max_escalation=0.3)
+    res.update(candidate="tuned", baseline="gpt-4-1shot", cost_rule="local sees every query")
+    (d / "cascade").mkdir(parents=True)
+    plot(res, d / "cascade/cascade.png", "tuned", "gpt-4-1shot")
+    write_json(d / "cascade/cascade_report.json", res)
 
 
 def test_report_renders_in_chromium(run_dir, tmp_path):
@@ -97,9 +115,11 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
             pytest.fail("chromium is not installed (.ci/run installs it)")
         pytest.skip("chromium not installed")
     results = [StageResult("eval", "done", 60, run_dir / "eval"), StageResult("bench", "done", 90, run_dir / "serve")]
+    results.append(StageResult("cascade", "done", 5, run_dir / "cascade"))
     html = report.write(run_dir, report.collect(PipelineConfig().model_dump(), results))
     text = html.read_text()
-    assert "NO-GO" in text and "Loukas" in text and "data:image/png;base64," in text
+    assert "NO-GO" in text and "Loukas" in text and text.count("data:image/png;base64,") == 2
+    assert "Cascade: tuned first" in text and "Estimated" in text and "optimistic" in text
     png = shot.screenshot(html, tmp_path / "shot.png", height=1200)
     import matplotlib.image as mpimg
 

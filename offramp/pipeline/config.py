@@ -59,6 +59,24 @@ class CostConfig(_Strict):
     args: list[str] = []  # extra `offramp breakeven` flags
 
 
+class CascadeConfig(_Strict):
+    enabled: bool = True
+    target: str | None = None  # e.g. "accuracy>=baseline-1"; else the escalation budget below
+    max_escalation: float = Field(0.3, ge=0, le=1)
+
+    @field_validator("target")
+    @classmethod
+    def _target_parses(cls, v: str | None) -> str | None:
+        if v is not None:
+            from offramp.evals.cascade import parse_target
+
+            try:
+                parse_target(v, None)
+            except OfframpError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+
 class PipelineConfig(_Strict):
     name: str = "default"
     model: str = "smollm2-135m-instruct"
@@ -71,6 +89,7 @@ class PipelineConfig(_Strict):
     gate: str = "accuracy>=baseline-5"
     serve: ServeConfig = ServeConfig()
     cost: CostConfig = CostConfig()
+    cascade: CascadeConfig = CascadeConfig()
 
     @field_validator("gate")
     @classmethod

@@ -35,6 +35,8 @@ def collect(cfg: dict, results: list[StageResult]) -> dict:
     bench = _maybe(dirs["bench"] / "bench_report.json", "bench") if "bench" in dirs else None
     be = _maybe(dirs["breakeven"] / "breakeven_report.json") if "breakeven" in dirs else None
     ft = _maybe(dirs["finetune"] / "ft" / "finetune_report.json") if "finetune" in dirs else None
+    cascade = _maybe(dirs["cascade"] / "cascade" / "cascade_report.json") if "cascade" in dirs else None
+    cascade_cost = _maybe(dirs["cascade"] / "breakeven" / "breakeven_report.json") if "cascade" in dirs else None
     failed = [r for r in results if r.status in ("failed", "skipped", "missing")]
     return {
         "created_at": now_iso(),
@@ -55,13 +57,17 @@ def collect(cfg: dict, results: list[StageResult]) -> dict:
         "bench": bench,
         "breakeven": be,
         "finetune": ft,
+        "cascade": cascade,
+        "cascade_cost": (cascade_cost or {}).get("cascade"),
+        "cascade_plot": str(dirs["cascade"] / "cascade" / "cascade.png") if cascade else None,
         "breakeven_plot": str(dirs["breakeven"] / "breakeven.png") if "breakeven" in dirs else None,
     }
 
 
 def verdict(ev: dict | None, be: dict | None, failed: list[StageResult]) -> dict:
     if be and isinstance(be.get("decision"), dict):
-        return {"verdict": be["decision"].get("verdict", "?"), "reason": be["decision"].get("reason", "")}
+        d = be["decision"]
+        return {"verdict": d.get("verdict", "?"), "reason": "; ".join(d.get("reasons") or []) or d.get("reason", "")}
     if ev:
         gate = ev["gate"]
         return {"verdict": gate.get("verdict", "?"), "reason": f"quality gate only: {gate.get('reason', '')}"}
@@ -84,11 +90,11 @@ def quality_plot(ev: dict) -> str:
     for i, s in enumerate(systems):
         acc = s["accuracy"]
         color = "#888" if s["source"] == "cited" else "#1f6feb"
-        ax.barh(i, acc["value"] * 100, color=color)
+        ax.barh(i, acc["value"], color=color)  # percent points
         ax.errorbar(
-            acc["value"] * 100,
+            acc["value"],
             i,
-            xerr=[[100 * (acc["value"] - acc["ci_low"])], [100 * (acc["ci_high"] - acc["value"])]],
+            xerr=[[acc["value"] - acc["ci_low"]], [acc["ci_high"] - acc["value"]]],
             color="k",
             capsize=3,
         )
@@ -174,6 +180,49 @@ def _cost_section(be: dict, plot: str | None) -> str:
     return "<h2>Cost and break-even</h2>" + img + (_table(["figure", "value (source)"], rows) if rows else "")
 
 
+def _cascade_section(c: dict, cost: dict | None, plot: str | None) -> str:
+    """The cascade as one more candidate: chosen on the calibration split, reported on the held-out split."""
+    img = (
+        f'<img alt="cascade curve" src="data:image/png;base64,{_png_b64(Path(plot))}">'
+        if (plot and Path(plot).is_file())
+        else ""
+    )
+    rows = []
+    for name, p in (
+        (f"all {c['candidate']}", c["all_local_test"]),
+        (f"cascade, threshold {c['on_test']['threshold']:.4g}", c["on_test"]),
+        (f"all {c['baseline']}", c["all_api_test"]),
+    ):
+        ci = f" [{_pct(p.get('ci_low'))}, {_pct(p.get('ci_high'))}]" if "ci_low" in p else ""
+        rows.append(
+            [name, f"{1 - p['local_share']:.0%}", f"{_pct(p['accuracy'])}{ci}", f"${p['usd_per_1k_queries']:.4g}"]
+        )
+    est = (
+        f"<p><b>Estimated</b>: {html.escape(c.get('assumption', ''))}</p>"
+        if c.get("estimated")
+        else "<p>Escalated queries scored with the API's own answers on the same prompts.</p>"
+    )
+    be = ""
+    if cost:
+        vol = (cost.get("break_even_vs_api") or {}).get("volume")
+        be = (
+            f"<p>At the configured volume the cascade costs ${cost['monthly_usd']:,.2f}/month (local host "
+            f"${cost['local_monthly_usd']:,.2f} + escalated API ${cost['escalated_api_monthly_usd']:,.2f}); "
+            f"break-even vs all-API: {'never' if vol is None else f'{vol:,.0f} requests/month'} "
+            "(computed from the measured throughput and list prices).</p>"
+        )
+    return (
+        f"<h2>Cascade: {html.escape(c['candidate'])} first, {html.escape(c['baseline'])} when unsure</h2>"
+        f"<p>Target {html.escape(str(c['target']))}; threshold chosen on {c['n_calibration']} calibration queries, "
+        f"reported on {c['n_test']} held-out queries. Confidence: {html.escape(c['confidence'])}. "
+        f"Cost rule: {html.escape(c.get('cost_rule', ''))}.</p>"
+        + img
+        + _table(["system", "escalated", "accuracy [95 % CI]", "$ per 1k queries"], rows)
+        + est
+        + be
+    )
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, dict) and "value" in v:
         src = v.get("source", "")
@@ -205,6 +254,8 @@ def render_html(report: dict) -> str:
         parts.append(_quality_section(report["eval"]))
     if report.get("breakeven"):
         parts.append(_cost_section(report["breakeven"], report.get("breakeven_plot")))
+    if report.get("cascade"):
+        parts.append(_cascade_section(report["cascade"], report.get("cascade_cost"), report.get("cascade_plot")))
     if report.get("bench"):
         parts.append(_latency_section(report["bench"]))
     parts.append(

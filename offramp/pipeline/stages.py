@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from offramp.data import BUILTIN
+from offramp.paths import read_json
 from offramp.pipeline.config import PipelineConfig
 from offramp.pipeline.runner import Stage, StageFailed, console, offramp_cmd, stop_process_group
 from offramp.placeholder import UNBUILT
@@ -161,6 +162,9 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
             offramp_cmd(*args, log=log(w))
 
     def breakeven(w: Path, up: dict[str, Path]) -> None:
+        offramp_cmd(*breakeven_args(up), "--out", str(w), log=log(w))
+
+    def breakeven_args(up: dict[str, Path]) -> list[str]:
         c = cfg.cost
         args = [
             "breakeven",
@@ -172,8 +176,6 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
             str(c.requests_per_month),
             "--peak-to-average",
             str(c.peak_to_average),
-            "--out",
-            str(w),
             *_host_args(cfg),
             *c.args,
         ]
@@ -181,7 +183,29 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
             args += ["--eval", str(up["eval"] / "eval_report.json")]
         if "finetune" in up:
             args += ["--finetune", str(up["finetune"] / "ft" / "finetune_report.json")]
-        offramp_cmd(*args, log=log(w))
+        return args
+
+    def cascade(w: Path, up: dict[str, Path]) -> None:
+        """The cascade as one more candidate: its curve and threshold, then its cost at the escalation it needs."""
+        c = cfg.cascade
+        target = ["--target", c.target] if c.target else ["--max-escalation", str(c.max_escalation)]
+        offramp_cmd(
+            "cascade",
+            "--eval",
+            str(up["eval"] / "eval_report.json"),
+            "--breakeven",
+            str(up["breakeven"] / "breakeven_report.json"),
+            "--candidate",
+            candidate(up),
+            "--baseline",
+            cfg.baselines[0].name,
+            *target,
+            "--out",
+            str(w / "cascade"),
+            log=log(w),
+        )
+        share = read_json(w / "cascade" / "cascade_report.json")["escalation_share"]
+        offramp_cmd(*breakeven_args(up), "--escalation-share", str(share), "--out", str(w / "breakeven"), log=log(w))
 
     stages = [
         Stage("pull", {"model": model}, pull),
@@ -224,6 +248,17 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         stages.append(
             Stage("breakeven", cfg.cost.model_dump(), breakeven, ["bench", *ev, *ft], commands=("breakeven",))
         )
+        if cfg.cascade.enabled and ev:
+            stages.append(
+                Stage(
+                    "cascade",
+                    {"baseline": cfg.baselines[0].name, **cfg.cascade.model_dump()},
+                    cascade,
+                    ["eval", "breakeven", *ft],
+                    optional=True,
+                    commands=("cascade", "breakeven"),
+                )
+            )
     return stages
 
 
