@@ -1,10 +1,13 @@
 """The offline cascade: the local model answers when it is sure enough, the API answers the rest.
 
-Confidence of a local answer = P(whole label | prompt) = exp(sum of the label tokens' log-probabilities), the
-quantity lm-eval's log-likelihood scoring gives for the chosen label and the one vLLM returns (raw logprobs of the
-generated tokens) when answers are constrained to the label set — so the threshold picked here means the same
-thing online. It is not renormalised over labels: a label the model finds unlikely in absolute terms escalates
-even when it beats the others.
+Confidence of a local answer = P(answer | prompt) = exp(sum of the answer tokens' log-probabilities). Where the
+answers come from matters: vLLM applies the label-set grammar mask before it computes logprobs, so through a vLLM
+endpoint with constrained answers each step is renormalised over the allowed tokens (forced tokens score 0) —
+the very quantity the online router (offramp.serve.cascade) sees, since it sends the same request. lm-eval's
+log-likelihood scoring of a local checkpoint gives the unrenormalised P(label) instead (for one "Paris" answer:
+0.0017 vs 0.48 through vLLM). So pick a threshold for `offramp serve --cascade` from a candidate evaluated through
+its vLLM endpoint (as `offramp run` does); a curve from a local checkpoint ranks queries but its threshold does
+not transfer.
 
 A threshold is chosen on a calibration split and reported on a disjoint test split: no threshold is scored on
 the data it was chosen on.

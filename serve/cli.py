@@ -13,6 +13,8 @@ import typer
 
 from offramp.errors import OfframpError
 
+CASCADE = "Cascade router"  # help panel of the --cascade options
+
 
 def _serve(
     ctx: typer.Context,
@@ -35,16 +37,89 @@ def _serve(
     ] = None,
     startup_timeout: Annotated[float, typer.Option(help="seconds to wait for /health")] = 900.0,
     log: Annotated[Path | None, typer.Option(help="vLLM's log file (default: a temp file)")] = None,
+    cascade: Annotated[
+        bool,
+        typer.Option(
+            "--cascade",
+            rich_help_panel=CASCADE,
+            help="serve a cascade router: local answer if confident, else --fallback",
+        ),
+    ] = False,
+    fallback: Annotated[
+        str | None,
+        typer.Option(
+            rich_help_panel=CASCADE, help="fallback API: openai:MODEL, anthropic:MODEL or http://host:port/v1#MODEL"
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(rich_help_panel=CASCADE, help="keep the local answer when P(answer | prompt) >= this, in [0, 1]"),
+    ] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            rich_help_panel=CASCADE, help="labels.json (or banking77): constrain local answers to these labels"
+        ),
+    ] = None,
+    cascade_port: Annotated[
+        int | None,
+        typer.Option(rich_help_panel=CASCADE, help="the router's port (default: --port; vLLM then takes a free one)"),
+    ] = None,
+    local_url: Annotated[
+        str | None,
+        typer.Option(
+            rich_help_panel=CASCADE,
+            help="put the router in front of this running server (http://host:port/v1); MODEL "
+            "is then the model name it serves",
+        ),
+    ] = None,
+    fallback_timeout: Annotated[
+        float,
+        typer.Option(rich_help_panel=CASCADE, help="seconds the fallback may take, retries included, before degrading"),
+    ] = 30.0,
+    fallback_retries: Annotated[
+        int, typer.Option(rich_help_panel=CASCADE, help="fallback retries after the first attempt")
+    ] = 2,
 ) -> None:
     """Serve MODEL (+ LoRA adapters) with vLLM's OpenAI-compatible server, prefix caching on, until Ctrl-C.
 
     Anything after `--` goes to vLLM unchanged, e.g. `offramp serve MODEL -- --max-num-seqs 16`. Multi-node
     (Ray) and other scale-out settings are vLLM's own flags: pass them there.
+
+    With --cascade, one OpenAI-compatible endpoint answers with the local model when it is confident enough and
+    forwards the request to --fallback otherwise (see serve/README.md, "Cascade router").
     """
     from offramp.serve.server import api_key_from_env, parse_adapters
 
     from offramp.store import resolve_model
 
+    if cascade or local_url or fallback or threshold is not None:
+        vllm_options = {
+            "max_model_len": max_model_len,
+            "tensor_parallel": tp,
+            "data_parallel": dp,
+            "enable_lora": True if enable_lora else None,
+            "enforce_eager": eager,
+            "extra_args": list(ctx.args),
+            "startup_timeout": startup_timeout,
+            "log_path": log,
+        }
+        return _serve_cascade(
+            model,
+            cascade=cascade,
+            adapter=adapter or [],
+            host=host,
+            port=cascade_port or port,
+            api_key=api_key,
+            name=name,
+            fallback=fallback,
+            threshold=threshold,
+            labels=labels,
+            local_url=local_url,
+            fallback_timeout=fallback_timeout,
+            fallback_retries=fallback_retries,
+            vllm_options=vllm_options,
+        )
     # Everything checkable is checked before paying for the runtime environment and a server start.
     path = resolve_model(model)
     adapters = parse_adapters(adapter or [])
@@ -83,6 +158,111 @@ def _serve(
             raise OfframpError(f"vLLM exited unexpectedly with code {code}; {server.log_tail_text()}")
     except KeyboardInterrupt:
         print("offramp: stopped the server", file=sys.stderr)
+
+
+def _serve_cascade(
+    model: str,
+    *,
+    cascade: bool,
+    adapter: list[str],
+    host: str,
+    port: int,
+    api_key: str | None,
+    name: str | None,
+    fallback: str | None,
+    threshold: float | None,
+    labels: str | None,
+    local_url: str | None,
+    fallback_timeout: float,
+    fallback_retries: int,
+    vllm_options: dict,
+) -> None:
+    """`offramp serve --cascade`: vLLM on an internal loopback port (or the server at --local-url) behind the
+    cascade router, which is the public endpoint on --host/--cascade-port."""
+    if not cascade:
+        raise OfframpError("--fallback, --threshold and --local-url configure the cascade: add --cascade")
+    if fallback is None or threshold is None:
+        raise OfframpError("--cascade needs --fallback (openai:MODEL, anthropic:MODEL or URL#MODEL) and --threshold")
+    if not 0 <= threshold <= 1:
+        raise OfframpError(f"--threshold must be in [0, 1], got {threshold}")
+    if local_url is not None and not local_url.startswith(("http://", "https://")):
+        raise OfframpError(f"--local-url takes the server's base URL, e.g. http://127.0.0.1:8000/v1, got {local_url!r}")
+    from offramp.serve.server import api_key_from_env, parse_adapters, port_is_free
+
+    key = api_key_from_env(api_key)
+    adapters = parse_adapters(adapter)
+    if local_url is None and len(adapters) > 1:
+        raise OfframpError("--cascade routes to one local candidate: give at most one --adapter (the tuned model)")
+    path = None
+    if local_url is None:
+        from offramp.store import resolve_model
+
+        path = resolve_model(model)
+    if not port_is_free(host, port):
+        raise OfframpError(f"port {port} on {host} is already in use; pick another with --cascade-port")
+    from offramp.envs import require_env
+
+    require_env("runtime")
+    from offramp.serve.cascade import CascadeSettings, Fallback, load_labels, probe_local
+
+    def settings(url: str, local_model: str) -> CascadeSettings:
+        return CascadeSettings(
+            local_url=url.rstrip("/"),
+            local_model=local_model,
+            fallback=Fallback.parse(fallback),
+            threshold=threshold,
+            labels=load_labels(labels) if labels else None,
+            local_api_key=key,
+            retries=fallback_retries,
+            fallback_timeout_s=fallback_timeout,
+        )
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if local_url is not None:
+            cfg = settings(local_url, model)
+            probe_local(cfg)
+            _run_router(cfg, host, port, api_key, None)
+            return
+        from offramp.serve.server import VllmServer
+
+        cfg = settings("http://127.0.0.1:0/v1", model)  # checks the fallback and labels before vLLM starts
+        served = name or (model if Path(path).name == model else Path(path).name)
+        server = VllmServer(
+            path, adapters=adapters, port=None, api_key_env=api_key, served_model_name=served, **vllm_options
+        )
+        print(f"offramp: starting vLLM for {path} on an internal loopback port", file=sys.stderr)
+        with server:
+            cfg = settings(server.api_base, next(iter(adapters), served))  # the tuned adapter when given
+            probe_local(cfg)
+            print(f"vLLM: {server.api_base} (ready in {server.startup_s:.0f} s; log: {server.log_path})")
+            _run_router(cfg, host, port, api_key, server)
+            raise OfframpError(f"vLLM exited unexpectedly with code {server.wait()}; {server.log_tail_text()}")
+    except KeyboardInterrupt:
+        print("offramp: stopped the cascade", file=sys.stderr)
+
+
+def _run_router(cfg, host: str, port: int, api_key_env: str | None, server) -> None:
+    """Print where the cascade answers, then serve it in the foreground until Ctrl-C (or until vLLM dies)."""
+    from offramp.serve.cascade import Router
+
+    router = Router(cfg, host=host, port=port)
+    auth = f' -H "Authorization: Bearer ${api_key_env}"' if api_key_env else ""
+    body = {"model": "offramp-cascade", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 16}
+
+    def ready() -> None:
+        print(
+            f"cascade endpoint: {router.url}/v1  (local: {cfg.local_model} at {cfg.local_url}; fallback: "
+            f"{cfg.fallback.model} at {cfg.fallback.base_url}; threshold {cfg.threshold:g})"
+        )
+        print(f"metrics: {router.url}/metrics  (offramp_cascade_requests_total by route)")
+        print(
+            f"try: curl -i {router.url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
+            f"-d {shlex.quote(json.dumps(body))}"
+        )
+        print("Ctrl-C stops it.", flush=True)
+
+    router.run(keep_going=server.alive if server is not None else None, on_ready=ready)
 
 
 def _interrupt(signum: int, frame: object) -> None:

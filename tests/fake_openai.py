@@ -6,6 +6,7 @@ Configurable per test (attributes may be changed while it runs):
   (e.g. [429, 500]); `retry_after` is sent with 429s;
 - `latency_s`: sleep before each answer (a slow or timing-out API);
 - `logprob`: the per-token logprob reported when the request asks for logprobs (float or callable(messages));
+  None: never return logprobs (an endpoint that cannot be a cascade candidate);
 - `api_key`: when set, requests without `Authorization: Bearer <api_key>` get 401.
 It honours vLLM's `structured_outputs: {"choice": [...]}` and OpenAI's `response_format` JSON schema with an enum,
 streams when asked (`stream: true`), and counts everything: `hits` per path, `statuses`, `requests` (bodies).
@@ -34,7 +35,7 @@ class FakeOpenAI:
         schedule: list[int] | None = None,
         retry_after: float | None = 0.0,
         latency_s: float = 0.0,
-        logprob: float | Callable[[list[dict]], float] = -0.05,
+        logprob: float | Callable[[list[dict]], float] | None = -0.05,
         model: str = "fake-model",
         api_key: str | None = None,
     ) -> None:
@@ -126,9 +127,9 @@ class FakeOpenAI:
         for k, v in (headers or {}).items():
             h.send_header(k, v)
         h.end_headers()
-        h.wfile.write(data)
-        with self.lock:
+        with self.lock:  # counted before the client can see the reply, so a test never reads a stale count
             self.statuses.append(status)
+        h.wfile.write(data)
 
     def _handle(self, h: BaseHTTPRequestHandler, body: dict | None) -> None:
         path = h.path.split("?")[0].rstrip("/")
@@ -159,7 +160,7 @@ class FakeOpenAI:
         completion_tokens = max(1, len(content.split()))
         message: dict[str, Any] = {"role": "assistant", "content": content}
         choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
-        if body.get("logprobs"):
+        if body.get("logprobs") and self.logprob is not None:
             lp = self.logprob(messages) if callable(self.logprob) else self.logprob
             choice["logprobs"] = {
                 "content": [
