@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-METHOD_NAMES = "bnb-nf4, bnb-int8, gptq-w4a16, w8a8-int8"
+METHOD_NAMES = "bnb-nf4, bnb-int8, gptq-w4a16, w8a8-int8, w8a8-int8-rtn"
 
 
 class _RunByDefault(TyperGroup):

@@ -45,6 +45,12 @@ METHODS: dict[str, Method] = {
             "compressed-tensors (llm-compressor)", True, True,
             "vLLM-CPU serves compressed-tensors W8A8 (oneDNN int8, AVX2 too)", "llmc",
         ),
+        Method(
+            "w8a8-int8-rtn", "llmc", "llmcompressor", 8,
+            "round-to-nearest per-channel INT8 weights, dynamic per-token INT8 activations (no calibration pass)",
+            "compressed-tensors (llm-compressor)", False, True,
+            "vLLM-CPU serves compressed-tensors W8A8 (oneDNN int8, AVX2 too)", "llmc",
+        ),
     ]
 }  # fmt: skip
 

@@ -14,6 +14,7 @@ def test_embedded_default_config_is_valid():
     assert cfg.model == "smollm2-135m-instruct" and cfg.task.source == "banking77"
     names = [s.name for s in build_stages(cfg)]
     assert names[:2] == ["pull", "data"] and names[-4:] == ["eval", "bench", "breakeven", "cascade"]
+    assert cfg.quantize.methods == ["w8a8-int8-rtn"] and names[2:5] == ["finetune", "quantize", "eval"]
 
 
 def test_gpu_example_config_is_valid():
@@ -101,3 +102,93 @@ def test_report_renders_with_partial_results(tmp_path):
     text = out.read_text()
     assert "INCOMPLETE" in text and "boom" in text
     assert json.loads((tmp_path / "report.json").read_text())["stages"][1]["status"] == "failed"
+
+
+def _stages(**quantize) -> dict:
+    cfg = PipelineConfig.model_validate({"quantize": quantize})
+    return {s.name: s for s in build_stages(cfg)}
+
+
+def test_quantize_stage_only_when_methods_are_set():
+    without = _stages(methods=[])
+    assert "quantize" not in without and list(without)[:4] == ["pull", "data", "finetune", "eval"]
+    assert "merge" not in without["finetune"].config and "quantize" not in without["eval"].needs
+    with_q = _stages(methods=["w8a8-int8-rtn"])
+    assert list(with_q)[:5] == ["pull", "data", "finetune", "quantize", "eval"]
+    # the tuned model is merged so it can be quantized, and eval waits for the quantized checkpoints
+    assert with_q["finetune"].config["merge"] is True and with_q["quantize"].needs == ["pull", "data", "finetune"]
+    assert "quantize" in with_q["eval"].needs and with_q["quantize"].optional
+    assert with_q["finetune"].config != without["finetune"].config  # a different finetune output -> new cache key
+
+
+def test_eval_inputs_change_with_the_quantize_config():
+    from offramp.pipeline.runner import stage_key
+
+    def eval_key(**quantize) -> str:
+        keys: dict[str, str] = {}
+        for st in _stages(**quantize).values():  # chained as the runner does: a key covers its upstream keys
+            keys[st.name] = stage_key(st, {n: keys[n] for n in st.needs})
+        return keys["eval"]
+
+    rtn = eval_key(methods=["w8a8-int8-rtn"])
+    assert rtn == eval_key(methods=["w8a8-int8-rtn"])
+    others = [eval_key(methods=[]), eval_key(methods=["w8a8-int8"]), eval_key(methods=["w8a8-int8-rtn"], n_heldout=8)]
+    assert len({rtn, *others}) == 4
+
+
+def test_config_accepts_the_rtn_method_and_rejects_unknown(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("quantize:\n  methods: [w8a8-int8-rtn, gptq-w4a16]\n  n_heldout: 16\n")
+    assert load_config(f).quantize.methods == ["w8a8-int8-rtn", "gptq-w4a16"]
+    f.write_text("quantize:\n  methods: [w8a8-int8-fast]\n")
+    with pytest.raises(OfframpError, match=r"quantize\.methods\.0: Input should be"):
+        load_config(f)
+
+
+def _quantize_outcome(root, method: str, servable: bool) -> dict:
+    ckpt = root / method
+    ckpt.mkdir(parents=True)
+    note = "vLLM-CPU serves GPTQ on AVX-512 CPUs"
+    (ckpt / "quantize_report.json").write_text(
+        json.dumps({"servable_by_vllm_cpu_here": servable, "vllm_cpu_note": note, "size_ratio": 0.709,
+                    "linear_compression": 1.6, "perplexity_change_pct": 4.8, "hardware": {"cpu": "AMD EPYC"}})
+    )  # fmt: skip
+    return {"method": method, "status": "done", "checkpoint": str(ckpt)}
+
+
+def _quantize_stage_dir(tmp_path, monkeypatch):
+    from offramp.pipeline import stages
+
+    monkeypatch.setattr(stages, "_has_cuda", lambda: False)
+    q = tmp_path / "quantize"
+    outcomes = [
+        _quantize_outcome(q, "w8a8-int8-rtn", True),
+        _quantize_outcome(q, "gptq-w4a16", False),
+        {"method": "bnb-nf4", "status": "not-supported", "note": "offramp quantize exited 2: needs a CUDA GPU"},
+    ]
+    (q / stages.QUANTIZED).write_text(json.dumps({"source": "merged", "methods": outcomes}))
+    return q
+
+
+def test_unservable_quantized_checkpoint_is_skipped_with_a_note(tmp_path, monkeypatch):
+    from offramp.pipeline.stages import quantized_systems
+
+    systems = {s["system"]: s for s in quantized_systems(_quantize_stage_dir(tmp_path, monkeypatch), "tuned")}
+    assert systems["tuned-w8a8-int8-rtn"]["evaluated"] and not systems["tuned-w8a8-int8-rtn"].get("note")
+    assert not systems["tuned-gptq-w4a16"]["evaluated"] and "AVX-512" in systems["tuned-gptq-w4a16"]["note"]
+    assert not systems["tuned-bnb-nf4"]["evaluated"] and "CUDA" in systems["tuned-bnb-nf4"]["note"]
+    assert quantized_systems(None, "tuned") == []
+
+
+def test_report_shows_quantized_size_and_perplexity_next_to_accuracy(tmp_path, monkeypatch):
+    from offramp.pipeline import report
+    from offramp.pipeline.runner import StageResult
+
+    q = _quantize_stage_dir(tmp_path, monkeypatch)
+    results = [StageResult("finetune", "done", 1.0, tmp_path / "ft"), StageResult("quantize", "done", 5.0, q)]
+    rep = report.collect(PipelineConfig().model_dump(), results)
+    rows = {r["system"]: r for r in rep["quantized"]}
+    assert rows["tuned-w8a8-int8-rtn"]["quantize"]["perplexity_change_pct"] == 4.8
+    assert "AVX-512" in rows["tuned-gptq-w4a16"]["note"] and rows["tuned-bnb-nf4"]["status"] == "not-supported"
+    text = report.write(tmp_path, rep).read_text()
+    assert "Quantized candidates" in text and "+4.8 %" in text and "0.709x" in text and "AVX-512" in text

@@ -193,6 +193,44 @@ def test_w8a8_tiny_is_compressed_tensors_and_loads_in_runtime(quantized_tiny) ->
     _reload_and_generate(out)
 
 
+def test_w8a8_rtn_tiny_is_data_free_and_keeps_down_proj(quantized_tiny, tiny_model: Path) -> None:
+    """Round-to-nearest W8A8: no calibration pass; down_proj stays bf16 (its inputs break per-token INT8)."""
+    out = quantized_tiny("w8a8-int8-rtn")
+    qconfig = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qconfig["quant_method"] == "compressed-tensors" and qconfig["format"] == "int-quantized"
+    group = qconfig["config_groups"]["group_0"]
+    assert group["weights"]["strategy"] == "channel" and group["weights"]["num_bits"] == 8
+    assert group["input_activations"]["dynamic"] and group["input_activations"]["strategy"] == "token"
+    assert {"model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj", "lm_head"} <= set(qconfig["ignore"])
+    extra = load_report(out / REPORT, "quantize").model_extra
+    assert extra["calibration"]["samples"] == 0 and extra["settings"]["calibration_samples"] == 0
+    assert extra["reload_check"]["passed"] and extra["servable_by_vllm_cpu_here"]
+    # 8-bit on every linear layer but down_proj (a fifth of the tiny model's linear weights)
+    assert 1.4 <= extra["linear_compression"] < 1.95
+    _reload_and_generate(out)
+
+
+def test_reload_applies_the_activation_quantization_vllm_serves() -> None:
+    """transformers reloads W8A8 without quantizing activations; the reload check adds it, so it scores what vLLM
+    runs. Outlier channels (as in SmolLM2's down_proj inputs) are what per-token INT8 loses."""
+    import torch
+    from offramp.quantize.llmc import RTN_IGNORE, _ignored, add_activation_quant
+
+    assert _ignored("model.layers.3.mlp.down_proj", RTN_IGNORE) and _ignored("lm_head", RTN_IGNORE)
+    assert not _ignored("model.layers.3.mlp.up_proj", RTN_IGNORE)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.Linear(8, 8))
+    x = torch.randn(3, 64)
+    x[:, 5] = 500.0  # one outlier channel: the rest of each token rounds to zero
+    before = model(x)
+    assert add_activation_quant(model, ["1"]) == 1
+    after = model(x)
+    scale = x.abs().amax(-1, keepdim=True) / 127
+    x_int8 = (x / scale).round().clamp(-128, 127) * scale  # per token, symmetric; layer "1" is ignored
+    assert torch.allclose(after, model[1](torch.nn.functional.linear(x_int8, model[0].weight, model[0].bias)))
+    assert not torch.allclose(before, after, atol=1e-3)
+
+
 def _answer_one_request(server) -> dict:
     with server.client() as client:
         resp = client.post(

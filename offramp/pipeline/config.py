@@ -31,7 +31,11 @@ class FinetuneConfig(_Strict):
 
 
 class QuantizeConfig(_Strict):
-    methods: list[Literal["bnb-nf4", "bnb-int8", "gptq-w4a16", "w8a8-int8"]] = []
+    # quantizes the tuned model (merged) or, without finetune, the base model; each checkpoint vLLM can serve on
+    # this host is evaluated as one more candidate
+    methods: list[Literal["bnb-nf4", "bnb-int8", "gptq-w4a16", "w8a8-int8", "w8a8-int8-rtn"]] = []
+    n_heldout: int = Field(32, ge=1)  # held-out conversations scored for the perplexity change
+    args: list[str] = []  # extra `offramp quantize` flags, e.g. ["--n-calib", "64"]
 
 
 class BaselineConfig(_Strict):

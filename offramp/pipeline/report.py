@@ -61,7 +61,37 @@ def collect(cfg: dict, results: list[StageResult]) -> dict:
         "cascade_cost": (cascade_cost or {}).get("cascade"),
         "cascade_plot": str(dirs["cascade"] / "cascade" / "cascade.png") if cascade else None,
         "breakeven_plot": str(dirs["breakeven"] / "breakeven.png") if "breakeven" in dirs else None,
+        "quantized": quantized_candidates(dirs, ev),
     }
+
+
+def quantized_candidates(dirs: dict[str, Path], ev: dict | None) -> list[dict]:
+    """Each quantize method: its size / perplexity change (quantize_report.json) beside its task accuracy."""
+    from offramp.pipeline.stages import QUANTIZED, quantized_systems
+
+    if "quantize" not in dirs:
+        return []
+    evaluated = dirs.get("eval")
+    if evaluated is not None and (evaluated / QUANTIZED).is_file():
+        systems = read_json(evaluated / QUANTIZED)
+    else:
+        ft = "tuned" if "finetune" in dirs else "base"
+        systems = quantized_systems(dirs["quantize"], ft)
+    by_name = {}
+    for s in (ev or {}).get("systems", []):
+        by_name.setdefault(s["name"], []).append(s)
+    rows = []
+    for q in systems:
+        rep = _maybe(Path(q["checkpoint"]) / "quantize_report.json") if q.get("checkpoint") else None
+        keep = ("size_ratio", "linear_compression", "perplexity_change_pct", "quantize_time_s", "hardware")
+        rows.append(
+            {
+                **{k: q.get(k) for k in ("method", "system", "status", "evaluated", "note")},
+                "quantize": {k: rep.get(k) for k in keep} if rep else None,
+                "accuracy": {s.get("mode") or "": s["accuracy"] for s in by_name.get(q["system"], [])},
+            }
+        )
+    return rows
 
 
 def verdict(ev: dict | None, be: dict | None, failed: list[StageResult]) -> dict:
@@ -139,6 +169,44 @@ def _quality_section(ev: dict) -> str:
         f"<h2>Quality on {html.escape(ev['task'])} ({ev['n_queries']} queries)</h2>"
         f'<img alt="accuracy with confidence intervals" src="data:image/png;base64,{quality_plot(ev)}">'
         + _table(["system", "answers", "accuracy [95 % CI]", "macro-F1", "invalid", "source", "provenance"], rows)
+    )
+
+
+def _quantized_section(rows: list[dict]) -> str:
+    table = []
+    for q in rows:
+        rep = q.get("quantize") or {}
+        acc = "; ".join(f"{mode or 'answers'}: {_pct(a['value'])}" for mode, a in (q.get("accuracy") or {}).items())
+        hw = (rep.get("hardware") or {}).get("cpu", "?")
+        table.append(
+            [
+                q["method"],
+                q["system"],
+                f"{rep['size_ratio']}x" if rep.get("size_ratio") is not None else "–",
+                f"{rep['linear_compression']}x" if rep.get("linear_compression") is not None else "–",
+                f"{rep['perplexity_change_pct']:+.1f} %" if rep.get("perplexity_change_pct") is not None else "–",
+                acc or "–",
+                f"measured on {hw}" if rep else "",
+                q.get("note") or ("" if q["status"] == "done" else q["status"]),
+            ]
+        )
+    return (
+        "<h2>Quantized candidates</h2><p class='small'>Size and perplexity change vs the model it was quantized "
+        "from (whole checkpoint / linear layers; perplexity on held-out task conversations); accuracy as served "
+        "by vLLM, in the quality table above.</p>"
+        + _table(
+            [
+                "method",
+                "system",
+                "checkpoint size",
+                "linear layers smaller",
+                "perplexity",
+                "accuracy",
+                "source",
+                "note",
+            ],
+            table,
+        )
     )
 
 
@@ -252,6 +320,8 @@ def render_html(report: dict) -> str:
     ]
     if report.get("eval"):
         parts.append(_quality_section(report["eval"]))
+    if report.get("quantized"):
+        parts.append(_quantized_section(report["quantized"]))
     if report.get("breakeven"):
         parts.append(_cost_section(report["breakeven"], report.get("breakeven_plot")))
     if report.get("cascade"):

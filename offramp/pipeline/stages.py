@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -74,31 +75,68 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
             f.recipe,
             "--out",
             str(w / "ft"),
+            *(["--merge"] if quantized else []),  # the merged checkpoint is what gets quantized and served
             *_host_price_args(cfg),
             *f.args,
             log=log(w),
         )
 
+    def quantize(w: Path, up: dict[str, Path]) -> None:
+        """Each method into w/<method>/; a method this host cannot run is noted, not fatal to the pipeline."""
+        src = str(up["finetune"] / "ft" / "merged") if "finetune" in up else model
+        q = cfg.quantize
+        outcomes = []
+        for method in q.methods:
+            out = w / method
+            try:
+                offramp_cmd(
+                    "quantize", src, "--method", method, "--calib", str(up["data"] / "data/train.jsonl"),
+                    "--n-heldout", str(q.n_heldout), "--out", str(out), *q.args, log=log(w),
+                )  # fmt: skip
+            except StageFailed as e:
+                status = "not-supported" if " exited 2:" in str(e) else "failed"
+                outcomes.append({"method": method, "status": status, "note": str(e)})
+                _note(log(w), f"quantize {method}: {status}: {e}")
+                continue
+            outcomes.append({"method": method, "status": "done", "checkpoint": str(out)})
+        (w / QUANTIZED).write_text(json.dumps({"source": src, "methods": outcomes}, indent=2))
+
     @contextmanager
     def served(w: Path, up: dict[str, Path]):
         """`offramp serve` the base model (+ the tuned adapter) on a free loopback port; yields its base URL."""
-        port = _free_port()
-        args = [model, "--name", "base", "--port", str(port), *cfg.serve.args]
-        if "finetune" in up:
-            args += ["--adapter", f"tuned={up['finetune'] / 'ft' / 'adapter'}"]
-        console.print(f"  [dim]$ offramp serve {' '.join(args)}[/]")
-        with open(log(w), "a") as server_log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "offramp", "serve", *args],
-                stdout=server_log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        with served_all(w, up, {}) as urls:
+            yield urls["base"]
+
+    @contextmanager
+    def served_all(w: Path, up: dict[str, Path], checkpoints: dict[str, str]):
+        """The base model (+ the tuned adapter) as `base`, and each checkpoint under its served name, each on its own
+        free loopback port; all start together (their start-ups overlap). Yields {name: base URL}."""
+        launches = {
+            "base": [model, *(["--adapter", f"tuned={up['finetune'] / 'ft' / 'adapter'}"] if "finetune" in up else [])]
+        }
+        launches |= {name: [path] for name, path in checkpoints.items()}
+        procs: dict[str, tuple[subprocess.Popen, int]] = {}
         try:
-            _wait_healthy(proc, port, log(w))
-            yield f"http://127.0.0.1:{port}"
+            for name, target in launches.items():
+                port = _free_port()
+                args = [target[0], "--name", name, "--port", str(port), *target[1:], *cfg.serve.args]
+                console.print(f"  [dim]$ offramp serve {' '.join(args)}[/]")
+                with open(log(w), "a") as server_log:
+                    procs[name] = (
+                        subprocess.Popen(
+                            [sys.executable, "-m", "offramp", "serve", *args],
+                            stdout=server_log,
+                            stderr=subprocess.STDOUT,
+                            start_new_session=True,
+                        ),
+                        port,
+                    )
+            for proc, port in procs.values():
+                _wait_healthy(proc, port, log(w))
+            yield {name: f"http://127.0.0.1:{port}" for name, (_, port) in procs.items()}
         finally:
-            stop_process_group(proc)
+            for proc, _ in procs.values():
+                stop_process_group(proc)
 
     def candidate(up: dict[str, Path]) -> str:
         return "tuned" if "finetune" in up else "base"
@@ -114,10 +152,20 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
 
     def evaluate(w: Path, up: dict[str, Path]) -> None:
         # Scored as served: through vLLM, answers constrained to the label set (and free, for comparison).
-        with served(w, up) as url:
+        # Each quantized checkpoint this host's vLLM serves gets its own server, up at the same time.
+        quantized = quantized_systems(up.get("quantize"), candidate(up))
+        (w / QUANTIZED).write_text(json.dumps(quantized, indent=2))
+        for q in quantized:
+            if q.get("note"):
+                _note(log(w), f"eval: {q['system']} not evaluated: {q['note']}")
+        with served_all(w, up, {q["system"]: q["checkpoint"] for q in quantized if q["evaluated"]}) as urls:
+            url = urls["base"]
             systems = ["--system", f"base={url}/v1+model=base"]
             if "finetune" in up:
                 systems += ["--system", f"tuned={url}/v1+model=tuned"]
+            for q in quantized:
+                if q["evaluated"]:
+                    systems += ["--system", f"{q['system']}={urls[q['system']]}/v1+model={q['system']}"]
             for b in cfg.baselines:
                 systems += ["--system", f"{b.name}={baseline_spec(b.spec, b.fallback)}"]
             offramp_cmd(
@@ -212,11 +260,12 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         Stage("data", cfg.task.model_dump(), data),
     ]
     tuned = cfg.finetune.enabled
+    quantized = bool(cfg.quantize.methods)
     if tuned:
         stages.append(
             Stage(
                 "finetune",
-                {"model": model, **cfg.finetune.model_dump()},
+                {"model": model, **cfg.finetune.model_dump(), **({"merge": True} if quantized else {})},
                 finetune,
                 ["pull", "data"],
                 commands=("finetune",),
@@ -225,12 +274,20 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     # Downstream stages use the tuned adapter / the eval gate when those stages exist in this build.
     ft = ["finetune"] if tuned and "finetune" not in UNBUILT else []
     ev = [] if "eval" in UNBUILT else ["eval"]
+    qs = ["quantize"] if quantized and "quantize" not in UNBUILT else []
+    if quantized:
+        stages.append(
+            Stage("quantize", {"model": model, **cfg.quantize.model_dump()}, quantize, ["pull", "data", *ft],
+                  optional=True, commands=("quantize",))
+        )  # fmt: skip
+    eval_config = {"model": model, "baselines": [baseline_spec(b.spec, b.fallback) for b in cfg.baselines]}
+    eval_config |= {"gate": cfg.gate, **({"quantize": cfg.quantize.model_dump()} if quantized else {})}
     stages.append(
         Stage(
             "eval",
-            {"model": model, "baselines": [baseline_spec(b.spec, b.fallback) for b in cfg.baselines], "gate": cfg.gate},
+            eval_config,
             evaluate,
-            ["pull", "data", *ft],
+            ["pull", "data", *ft, *qs],
             optional=True,
             commands=("eval", "serve"),
         )
@@ -260,6 +317,39 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                 )
             )
     return stages
+
+
+QUANTIZED = "quantized.json"  # the quantize stage's outcome per method; the eval stage's quantized systems
+
+
+def quantized_systems(quantize_dir: Path | None, candidate: str) -> list[dict]:
+    """The quantize stage's checkpoints as eval systems (e.g. `tuned-w8a8-int8-rtn`): evaluated where this host's
+    vLLM serves the format, else skipped with the reason."""
+    if quantize_dir is None or not (quantize_dir / QUANTIZED).is_file():
+        return []
+    systems = []
+    for m in json.loads((quantize_dir / QUANTIZED).read_text())["methods"]:
+        entry = {"method": m["method"], "system": f"{candidate}-{m['method']}", "evaluated": False, **m}
+        if m["status"] == "done":
+            report = json.loads((Path(m["checkpoint"]) / "quantize_report.json").read_text())
+            if report.get("servable_by_vllm_cpu_here") or _has_cuda():
+                entry["evaluated"] = True
+            else:
+                entry["note"] = f"vLLM cannot serve {m['method']} on this host ({report.get('vllm_cpu_note')})"
+        systems.append(entry)
+    return systems
+
+
+def _has_cuda() -> bool:
+    import shutil
+
+    return shutil.which("nvidia-smi") is not None
+
+
+def _note(log: Path, line: str) -> None:
+    console.print(f"  [yellow]note[/]: {line}")
+    with open(log, "a") as f:
+        f.write(f"offramp run: note: {line}\n")
 
 
 def _host_args(cfg: PipelineConfig) -> list[str]:
