@@ -47,6 +47,8 @@ def build_inputs(report: dict, candidate: str, baseline: str, local_cost: float,
     import numpy as np
     from offramp.evals.cascade import CascadeInputs
 
+    if report.get("task_type", "classification") != "classification":
+        raise OfframpError("the cascade needs a classification eval report (answers constrained to a label set)")
     labels = report["labels"]
     index = {label: i for i, label in enumerate(labels)}
     gold = np.array([index[q["gold"]] for q in report["queries"]])

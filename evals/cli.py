@@ -17,11 +17,28 @@ SYSTEM_HELP = (
 
 
 def eval_command(
-    task: Annotated[str, typer.Option(help="banking77, or a chat JSONL whose final assistant turns are the labels")],
+    task: Annotated[
+        str,
+        typer.Option(help="banking77, or a chat JSONL whose final assistant turns are the labels (or references)"),
+    ],
     system: Annotated[list[str], typer.Option("--system", help=SYSTEM_HELP)],
+    task_type: Annotated[
+        str,
+        typer.Option(
+            help="classification (final turns are labels) or generation (free-text references scored by --metric)"
+        ),
+    ] = "classification",
+    metric: Annotated[
+        str | None,
+        typer.Option(help="generation tasks: chrf (default), bleu, rougeL or exact_match (normalised)"),
+    ] = None,
+    max_gen_toks: Annotated[
+        int | None, typer.Option(help="new tokens per free answer (default: from the longest label / reference)")
+    ] = None,
     limit_per_label: Annotated[int | None, typer.Option(help="evaluate on at most N queries per label")] = None,
     gate: Annotated[
-        str | None, typer.Option(help="e.g. 'accuracy>=baseline-2' or 'macro_f1>70' (percent points)")
+        str | None,
+        typer.Option(help="e.g. 'accuracy>=baseline-2', 'macro_f1>70' or 'chrf>=baseline-2' (points of 0-100)"),
     ] = None,
     candidate: Annotated[str | None, typer.Option(help="system the gate judges (default: the first)")] = None,
     baseline: Annotated[str | None, typer.Option(help="system it is compared with (default: the last)")] = None,
@@ -37,18 +54,28 @@ def eval_command(
     max_attempts: Annotated[int, typer.Option(help="attempts per API request (backoff on 429/5xx)")] = 6,
     concurrency: Annotated[int, typer.Option(help="requests in flight per endpoint system")] = 8,
 ) -> None:
-    """Evaluate systems on a classification task through lm-eval; free and label-constrained answers, 95 % CIs,
-    per-label errors, tokens and $ at list price, and a GO / NO-GO gate."""
+    """Evaluate systems on a task through lm-eval, with 95 % CIs, tokens and $ at list price, and a GO / NO-GO
+    gate. Classification: free and label-constrained answers, accuracy, macro-F1, per-label errors. Generation:
+    free answers scored against the references by --metric."""
     from offramp.evals.cited import for_task
-    from offramp.evals.gate import parse_gate
+    from offramp.evals.gate import check_gate_metric, parse_gate
     from offramp.evals.specs import CitedSystem, parse_systems
     from offramp.evals.tasks import load_task
 
     parsed_gate = parse_gate(gate) if gate is not None else None
     systems = parse_systems(system)
-    eval_task = load_task(task, per_label=limit_per_label, seed=seed)
+    eval_task = load_task(
+        task, per_label=limit_per_label, seed=seed, kind=task_type, metric=metric, max_gen_toks=max_gen_toks
+    )
+    if parsed_gate is not None:
+        check_gate_metric(parsed_gate, eval_task.kind, eval_task.metric)
     for s in systems:
         if isinstance(s, CitedSystem):
+            if eval_task.kind == "generation":
+                raise OfframpError(
+                    f"system {s.name!r} ({s.spec}): cited scores are published classification accuracies "
+                    "(banking77); a generation task needs measured systems"
+                )
             for_task(s.key, eval_task.name)
     names = [s.name for s in systems]
     cand = candidate or names[0]

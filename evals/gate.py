@@ -1,6 +1,7 @@
 """The go/no-go gate: `METRIC OP BOUND`, where BOUND is a number or `baseline [+|- number]`.
 
-Examples: `accuracy>=baseline-2`, `macro_f1 > 70`, `accuracy >= baseline`. Metrics are in percent points.
+Examples: `accuracy>=baseline-2`, `macro_f1 > 70`, `accuracy >= baseline`, `chrf>=baseline-2` (generation tasks).
+Metrics are in points of 0-100.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from dataclasses import dataclass
 
 from offramp.errors import OfframpError
 
-METRICS = ("accuracy", "macro_f1")
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
+GENERATION_METRICS = ("chrf", "bleu", "rougeL", "exact_match")  # offramp.evals.metrics.GEN_METRICS
+METRICS = CLASSIFICATION_METRICS + GENERATION_METRICS
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
 _GATE = re.compile(
-    r"^\s*(?P<metric>[a-z_0-9]+)\s*(?P<op>>=|<=|>|<)\s*"
+    r"^\s*(?P<metric>[A-Za-z_0-9]+)\s*(?P<op>>=|<=|>|<)\s*"
     r"(?:(?P<baseline>baseline)\s*(?:(?P<sign>[+-])\s*(?P<delta>\d+(?:\.\d+)?))?|(?P<number>\d+(?:\.\d+)?))\s*$"
 )
 
@@ -52,8 +55,19 @@ def parse_gate(expression: str) -> Gate:
         return Gate(expression.strip(), m["metric"], m["op"], True, offset)
     value = float(m["number"])
     if value > 100:
-        raise OfframpError(f"gate {expression!r}: {m['metric']} is in percent (0-100), got {value}")
+        raise OfframpError(f"gate {expression!r}: {m['metric']} is in points of 0-100, got {value}")
     return Gate(expression.strip(), m["metric"], m["op"], False, value)
+
+
+def check_gate_metric(gate: Gate, kind: str, metric: str | None) -> None:
+    """The gate must judge a metric the task reports: accuracy / macro-F1 for classification; the chosen metric or
+    exact match for generation."""
+    allowed = CLASSIFICATION_METRICS if kind == "classification" else tuple(dict.fromkeys((metric, "exact_match")))
+    if gate.metric not in allowed:
+        what = "a classification task" if kind == "classification" else f"this generation task (--metric {metric})"
+        raise OfframpError(
+            f"gate {gate.expression!r}: {gate.metric} is not reported for {what}; use {', '.join(allowed)}"
+        )
 
 
 def verdict(gate: Gate, candidate: dict, baseline: dict | None, difference: dict | None) -> dict:
@@ -67,7 +81,7 @@ def verdict(gate: Gate, candidate: dict, baseline: dict | None, difference: dict
     reason = f"{what} {'meets' if ok else 'fails'} {against}"
     ci = candidate[gate.metric]
     low_ok, high_ok = gate.passes(ci["ci_low"], base), gate.passes(ci["ci_high"], base)
-    if difference is not None and gate.metric == "accuracy" and gate.relative:
+    if difference is not None and difference.get("metric", "accuracy") == gate.metric and gate.relative:
         # paired: both systems answered the same queries, so the difference's interval is the honest one
         d = difference
         low_ok, high_ok = OPS[gate.op](d["ci_low"], gate.offset), OPS[gate.op](d["ci_high"], gate.offset)

@@ -109,3 +109,117 @@ def agreement(pred_a: Sequence[int], pred_b: Sequence[int]) -> float:
     """Share (percent) of queries where both systems gave the same valid label."""
     a, b = np.asarray(pred_a), np.asarray(pred_b)
     return round(float(((a == b) & (a != INVALID)).mean() * 100), 2)
+
+
+# ---- generation tasks: free text scored against a reference --------------------------------------------------
+
+# exact_match and rougeL are means of per-query scores; bleu and chrf are corpus-level (n-gram counts summed over
+# the corpus first), so their bootstrap recomputes the corpus score on each resample from per-query statistics.
+GEN_METRICS = ("chrf", "bleu", "rougeL", "exact_match")
+CORPUS_METRICS = ("chrf", "bleu")
+DEFAULT_GEN_METRIC = "chrf"
+
+
+def _collapse(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def exact_match_scores(preds: Sequence[str | None], refs: Sequence[str]) -> np.ndarray:
+    """Per query 100 or 0: lm-eval's `exact_match` ignoring case, punctuation and runs of whitespace."""
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+
+    return np.array(
+        [
+            100.0
+            * exact_match_hf_evaluate([_collapse(p)], [_collapse(r)], ignore_case=True, ignore_punctuation=True)[
+                "exact_match"
+            ]
+            for p, r in zip(preds, refs, strict=True)
+        ]
+    )
+
+
+def rouge_l_scores(preds: Sequence[str | None], refs: Sequence[str]) -> np.ndarray:
+    """Per query ROUGE-L F-measure (0-100), rouge_score with the Porter stemmer as lm-eval's summarisation tasks."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return np.array([100.0 * scorer.score(r, p or "")["rougeL"].fmeasure for p, r in zip(preds, refs, strict=True)])
+
+
+def _sacrebleu(metric: str):
+    from sacrebleu.metrics import BLEU, CHRF
+
+    # the defaults of sacrebleu.corpus_bleu / corpus_chrf, which lm-eval's `bleu` / `chrf` aggregations call
+    return {"bleu": BLEU, "chrf": CHRF}[metric]()
+
+
+def query_stats(metric: str, preds: Sequence[str | None], refs: Sequence[str]) -> np.ndarray:
+    """(n_queries, k) statistics a resample is scored from: a per-query score (k=1) for mean metrics, sacrebleu's
+    per-segment n-gram counts for corpus metrics (the same statistics sacrebleu's paired bootstrap sums)."""
+    hyps = [p or "" for p in preds]
+    if metric == "exact_match":
+        return exact_match_scores(hyps, refs)[:, None]
+    if metric == "rougeL":
+        return rouge_l_scores(hyps, refs)[:, None]
+    return np.asarray(_sacrebleu(metric)._extract_corpus_statistics(hyps, [list(refs)]), dtype=float)
+
+
+def resampled_scores(metric: str, stats: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The metric on each bootstrap resample (rows of `idx`)."""
+    if metric not in CORPUS_METRICS:
+        return stats[idx, 0].mean(axis=1)
+    scorer = _sacrebleu(metric)
+    sums = stats[idx].sum(axis=1)
+    return np.array([scorer._compute_score_from_stats(s.astype(int).tolist()).score for s in sums])
+
+
+def corpus_score(metric: str, preds: Sequence[str | None], refs: Sequence[str]) -> float:
+    """The point estimate, by lm-eval's own implementation where it has one (its `bleu` / `chrf` aggregations)."""
+    hyps = [p or "" for p in preds]
+    if metric in CORPUS_METRICS:
+        from lm_eval.api.registry import get_aggregation
+
+        return float(get_aggregation(metric)(list(zip(refs, hyps, strict=True))))
+    return float(query_stats(metric, hyps, refs)[:, 0].mean())
+
+
+def sentence_scores(metric: str, preds: Sequence[str | None], refs: Sequence[str]) -> list[float]:
+    """Per-query scores for the report (for corpus metrics the sentence-level variant, to find the worst answers)."""
+    hyps = [p or "" for p in preds]
+    if metric not in CORPUS_METRICS:
+        return [round(float(x), 2) for x in query_stats(metric, hyps, refs)[:, 0]]
+    from sacrebleu.metrics import BLEU, CHRF
+
+    scorer = BLEU(effective_order=True) if metric == "bleu" else CHRF()
+    return [round(scorer.sentence_score(h, [r]).score, 2) for h, r in zip(hyps, refs, strict=True)]
+
+
+def score_generation(metric: str, preds: Sequence[str | None], refs: Sequence[str], *, seed: int = 0) -> dict:
+    """The chosen metric and normalised exact match (0-100) with percentile bootstrap intervals."""
+    idx = bootstrap_indices(len(refs), seed=seed)
+    out = {}
+    for name in dict.fromkeys((metric, "exact_match")):
+        stats = query_stats(name, preds, refs)
+        out[name] = interval(resampled_scores(name, stats, idx), corpus_score(name, preds, refs))
+    out["empty_rate"] = round(float(np.mean([not _collapse(p) for p in preds]) * 100), 2)
+    return out
+
+
+def paired_generation_difference(
+    metric: str, preds_a: Sequence[str | None], preds_b: Sequence[str | None], refs: Sequence[str], *, seed: int = 0
+) -> dict:
+    """metric(A) - metric(B) on the same queries, with a paired bootstrap interval (both resampled with one index)."""
+    idx = bootstrap_indices(len(refs), seed=seed)
+    stats_a, stats_b = query_stats(metric, preds_a, refs), query_stats(metric, preds_b, refs)
+    diffs = resampled_scores(metric, stats_a, idx) - resampled_scores(metric, stats_b, idx)
+    return interval(diffs, corpus_score(metric, preds_a, refs) - corpus_score(metric, preds_b, refs))
+
+
+def text_agreement(preds_a: Sequence[str | None], preds_b: Sequence[str | None]) -> float:
+    """Share (percent) of queries where both systems gave the same non-empty text, up to case and whitespace."""
+    same = [
+        bool(_collapse(a)) and _collapse(a).casefold() == _collapse(b).casefold()
+        for a, b in zip(preds_a, preds_b, strict=True)
+    ]
+    return round(float(np.mean(same) * 100), 2) if same else 0.0

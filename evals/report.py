@@ -6,7 +6,18 @@ from typing import Any
 
 from offramp.evals.cited import METRIC_AS, for_task
 from offramp.evals.gate import Gate, verdict
-from offramp.evals.metrics import BOOTSTRAP_ITERS, agreement, paired_difference, per_label_errors, score
+from offramp.evals.metrics import (
+    BOOTSTRAP_ITERS,
+    CORPUS_METRICS,
+    agreement,
+    paired_difference,
+    paired_generation_difference,
+    per_label_errors,
+    score,
+    score_generation,
+    sentence_scores,
+    text_agreement,
+)
 from offramp.evals.run import Answers
 from offramp.evals.specs import CitedSystem, EndpointSystem, System
 from offramp.evals.tasks import EvalTask
@@ -78,6 +89,51 @@ def measured_result(system: System, answers: Answers, task: EvalTask, gold: list
     return result
 
 
+def generation_result(system: System, answers: Answers, task: EvalTask, seed: int) -> dict:
+    """A generation task: the chosen metric and normalised exact match with bootstrap intervals, per-query scores.
+    `accuracy` (the contract's required field) is the exact-match rate, the one metric every task kind has."""
+    metric = task.metric or "chrf"
+    refs = [q.reference for q in task.queries]
+    texts = answers.texts["free"]
+    scored = score_generation(metric, texts, refs, seed=seed)
+    per_query = sentence_scores(metric, texts, refs)
+    exact = sentence_scores("exact_match", texts, refs)
+    for row, value, em in zip(answers.queries, per_query, exact, strict=True):
+        row["free"]["score"] = value
+        row["free"]["exact_match"] = em == 100.0
+    notes = list(answers.notes)
+    if metric in CORPUS_METRICS:
+        notes.append(
+            f"{metric} is corpus-level (lm-eval's aggregation, sacrebleu defaults); its interval recomputes the "
+            "corpus score on each resample; per-query `score` is the sentence-level variant"
+        )
+    if metric == "bleu" and sorted(len(r.split()) for r in refs)[len(refs) // 2] < 4:
+        notes.append("most references are shorter than 4 words: corpus BLEU (4-grams) is near 0; chrf suits them")
+    metrics = {name: scored[name] for name in (metric, "exact_match")}
+    result: dict[str, Any] = {
+        "name": system.name,
+        "spec": system.spec,
+        "source": "measured",
+        "model": answers.model,
+        "mode": "free",
+        "metric": metric,
+        **metrics,
+        "metrics": metrics,
+        "accuracy": scored["exact_match"],
+        "macro_f1": None,
+        "invalid_rate": None,
+        "empty_rate": scored["empty_rate"],
+        "wall_s": {"value": round(answers.wall_s, 2), "unit": "s", "source": "measured", "hardware": hardware_info()},
+        "notes": notes,
+        "queries": answers.queries,
+    }
+    if answers.usage is not None:
+        result["usage"] = answers.usage
+    if isinstance(system, EndpointSystem) and answers.usage is not None:
+        result["cost"] = api_cost(system, answers.model, answers.usage, len(refs))
+    return result
+
+
 def cited_result(system: CitedSystem, task: EvalTask) -> dict:
     c = for_task(system.key, task.name)
     point = {"value": c.value, "ci_low": c.value, "ci_high": c.value}
@@ -108,6 +164,9 @@ def build_body(
     baseline: str | None,
     seed: int,
 ) -> dict:
+    if task.kind == "generation":
+        results, diff = _generation_results(task, systems, answers, candidate=candidate, baseline=baseline, seed=seed)
+        return _body(task, results, diff, gate=gate, candidate=candidate, baseline=baseline, seed=seed)
     gold = [task.labels.index(q.label) for q in task.queries]
     results = {
         s.name: cited_result(s, task)
@@ -124,7 +183,44 @@ def build_body(
             results[name]["agreement_with_baseline" if name == candidate else "agreement_with_candidate"] = agreement(
                 answers[name].preds[headline_mode(answers[name])], other
             )
+        diff = {**diff, "metric": "accuracy"}
         results[candidate]["difference_vs_baseline"] = diff
+    return _body(task, results, diff, gate=gate, candidate=candidate, baseline=baseline, seed=seed)
+
+
+def _generation_results(
+    task: EvalTask,
+    systems: list[System],
+    answers: dict[str, Answers],
+    *,
+    candidate: str,
+    baseline: str | None,
+    seed: int,
+) -> tuple[dict[str, dict], dict | None]:
+    metric = task.metric or "chrf"
+    results = {s.name: generation_result(s, answers[s.name], task, seed) for s in systems}
+    diff = None
+    if baseline and baseline in answers and candidate in answers:
+        refs = [q.reference for q in task.queries]
+        cand, base = answers[candidate].texts["free"], answers[baseline].texts["free"]
+        diff = {**paired_generation_difference(metric, cand, base, refs, seed=seed), "metric": metric}
+        results[candidate]["difference_vs_baseline"] = diff
+        results[candidate]["agreement_with_baseline"] = results[baseline]["agreement_with_candidate"] = text_agreement(
+            cand, base
+        )
+    return results, diff
+
+
+def _body(
+    task: EvalTask,
+    results: dict[str, dict],
+    diff: dict | None,
+    *,
+    gate: Gate | None,
+    candidate: str,
+    baseline: str | None,
+    seed: int,
+) -> dict:
     if gate is None:
         gate_out: dict[str, Any] = {"expression": None, "verdict": None, "reason": "no --gate given"}
     else:
@@ -134,12 +230,15 @@ def build_body(
                 f"gate {gate.expression!r}: the baseline {baseline!r} has no {gate.metric} (cited scores give accuracy)"
             )
         gate_out = verdict(gate, results[candidate], base_res, diff)
+    generation = task.kind == "generation"
     return {
         "task": task.name,
         "task_source": task.source,
+        "task_type": task.kind,
+        "metric": task.metric if generation else None,
         "n_queries": len(task.queries),
         "labels": task.labels,
-        "unit": "percent",
+        "unit": "percent" if not generation else "points (0-100)",
         "bootstrap": {
             "iters": BOOTSTRAP_ITERS,
             "seed": seed,
@@ -149,7 +248,10 @@ def build_body(
         "baseline": baseline,
         "systems": list(results.values()),
         "gate": gate_out,
-        "queries": [{"id": q.id, "gold": q.label, "text": q.messages[-1]["content"]} for q in task.queries],
+        "queries": [
+            {"id": q.id, "reference" if generation else "gold": q.label, "text": q.messages[-1]["content"]}
+            for q in task.queries
+        ],
     }
 
 
@@ -162,9 +264,10 @@ def _ci(x: dict | None) -> str:
 
 
 def print_table(body: dict, out_path: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
+    if body.get("task_type") == "generation":
+        return _print_generation_table(body, out_path)
     size = f"{body['n_queries']} queries, {len(body['labels'])} labels"
     table = Table(title=f"offramp eval: {body['task']} ({size}; % with 95 % CI)")
     for col in (
@@ -184,14 +287,7 @@ def print_table(body: dict, out_path: str) -> None:
         free = (s.get("modes") or {}).get("free")
         cost = s.get("cost") or {}
         table.add_row(
-            s["name"]
-            + (
-                " (candidate)"
-                if s["name"] == body["candidate"]
-                else " (baseline)"
-                if s["name"] == body["baseline"]
-                else ""
-            ),
+            _role(s["name"], body),
             s["source"],
             s.get("mode") or "—",
             _ci(s["accuracy"]),
@@ -202,6 +298,40 @@ def print_table(body: dict, out_path: str) -> None:
             f"{cost['spent_usd']:.4f}" if "spent_usd" in cost else "—",
             f"{s['wall_s']['value']:.1f}" if "wall_s" in s else "—",
         )
+    _print_footer(table, body, out_path)
+
+
+def _role(name: str, body: dict) -> str:
+    return name + (" (candidate)" if name == body["candidate"] else " (baseline)" if name == body["baseline"] else "")
+
+
+def _print_generation_table(body: dict, out_path: str) -> None:
+    from rich.table import Table
+
+    metric = body["metric"]
+    table = Table(title=f"offramp eval: {body['task']} (generation, {body['n_queries']} queries; 0-100 with 95 % CI)")
+    cols = ["system", "source", metric, *(["exact match"] if metric != "exact_match" else []), "empty %"]
+    for col in (*cols, "vs baseline", "agree", "$ spent", "wall s"):
+        table.add_column(col, justify="left" if col in ("system", "source") else "right")
+    for s in body["systems"]:
+        cost, diff = s.get("cost") or {}, s.get("difference_vs_baseline")
+        table.add_row(
+            _role(s["name"], body),
+            s["source"],
+            _ci(s.get(metric)),
+            *([_ci(s.get("exact_match"))] if metric != "exact_match" else []),
+            f"{s['empty_rate']:.1f}" if s.get("empty_rate") is not None else "—",
+            f"{diff['value']:+.1f} [{diff['ci_low']:+.1f}, {diff['ci_high']:+.1f}]" if diff else "—",
+            f"{s['agreement_with_baseline']:.1f}" if "agreement_with_baseline" in s else "—",
+            f"{cost['spent_usd']:.4f}" if "spent_usd" in cost else "—",
+            f"{s['wall_s']['value']:.1f}" if "wall_s" in s else "—",
+        )
+    _print_footer(table, body, out_path)
+
+
+def _print_footer(table, body: dict, out_path: str) -> None:
+    from rich.console import Console
+
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # logs and CI: do not squeeze the table into 80 columns

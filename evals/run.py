@@ -17,7 +17,8 @@ from offramp.errors import OfframpError
 
 @dataclass
 class Answers:
-    """Per query (in task order): the free answer, and per mode the label index (INVALID when none)."""
+    """Per query (in task order): the free answer, and per mode the label index (INVALID when none).
+    Generation tasks have no label indices (`preds` is empty): their answers are the free texts in `texts`."""
 
     system: str
     model: str
@@ -26,6 +27,7 @@ class Answers:
     wall_s: float
     notes: list[str] = field(default_factory=list)
     usage: dict | None = None
+    texts: dict[str, list[str]] = field(default_factory=dict)  # mode -> raw answer per query
 
 
 def _gen_kwargs(max_gen_toks: int, until: list[str], **extra: Any) -> dict:
@@ -33,8 +35,35 @@ def _gen_kwargs(max_gen_toks: int, until: list[str], **extra: Any) -> dict:
 
 
 def _max_gen_toks(task: EvalTask) -> int:
-    # a label costs at most ~1 token per 2 characters in the tokenizers we know; leave room for chatter
-    return max(16, task.max_label_chars // 2 + 12)
+    return task.gen_toks()
+
+
+GENERATION_NOTE = (
+    "generation: free answers (lm-eval generate_until, greedy, up to {n} new tokens, stopped by the end-of-turn "
+    "token) scored against each record's reference"
+)
+
+
+def _generation_answers(
+    system: str, model: str, task: EvalTask, samples: dict, wall: float, notes: list[str], ledger: Ledger | None
+) -> Answers:
+    texts, queries = [], []
+    for q, s in zip(task.queries, samples["free"], strict=True):
+        raw = s["filtered_resps"][0]
+        texts.append(raw)
+        row: dict[str, Any] = {"answer": raw}
+        if ledger is not None:
+            usage = dict(ledger.lookup(q.messages, "free") or {})
+            usage.pop("logprob", None)
+            row["usage"] = usage or None
+        queries.append({"id": q.id, "free": row})
+    usage = None
+    if ledger is not None:
+        usage = _sum_usage(queries, {"free": None})
+        usage.update(
+            {"http_requests": ledger.http_requests, "retries": ledger.retries, "status_counts": ledger.status_counts}
+        )
+    return Answers(system, model, {}, queries, wall, notes, usage, texts={"free": texts})
 
 
 def _evaluate(lm: Any, tasks: list) -> dict[str, list[dict]]:
@@ -83,6 +112,12 @@ def run_local(system: LocalSystem, task: EvalTask, *, batch_size: int = 8, devic
             f"system {system.name!r}: cannot load {path}{' + ' + system.adapter if system.adapter else ''}: {e}"
         ) from None
     eos = lm.tokenizer.eos_token or ""
+    if task.kind == "generation":
+        n_tok = _max_gen_toks(task)
+        start = time.perf_counter()
+        samples = _evaluate(lm, build_lm_eval_tasks(task, {"free": _gen_kwargs(n_tok, [])}))
+        note = GENERATION_NOTE.format(n=n_tok) + f" ({eos!r})"
+        return _generation_answers(system.name, path, task, samples, time.perf_counter() - start, [note], None)
     tasks = build_lm_eval_tasks(
         task,
         {"free": _gen_kwargs(_max_gen_toks(task), STOP), "constrained": None},
@@ -151,6 +186,21 @@ def run_endpoint(
     model = probe(system)
     ledger = Ledger()
     n_tok = _max_gen_toks(task)
+    if task.kind == "generation":
+        lm = make_api_lm(
+            system,
+            model,
+            cache=cache,
+            ledger=ledger,
+            max_gen_toks=n_tok,
+            max_attempts=max_attempts,
+            backoff_s=backoff_s,
+            concurrency=concurrency,
+        )
+        start = time.perf_counter()
+        samples = _evaluate(lm, build_lm_eval_tasks(task, {"free": _gen_kwargs(n_tok, [])}))
+        note = GENERATION_NOTE.format(n=n_tok)
+        return _generation_answers(system.name, model, task, samples, time.perf_counter() - start, [note], ledger)
     # vLLM and OpenAI return the answer tokens' log-probabilities: a confidence per answer for the cascade
     asks = {"logprobs": True} if system.provider in ("vllm", "openai") else {}
     modes: dict[str, dict | None] = {"free": _gen_kwargs(n_tok, STOP, **asks)}

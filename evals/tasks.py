@@ -1,4 +1,7 @@
-"""The user's task as queries + label set, and the lm-eval tasks generated from it.
+"""The user's task as queries (+ label set for classification), and the lm-eval tasks generated from it.
+
+Two kinds: classification (each record's final assistant turn is a label) and generation (it is a free-text
+reference, scored by a metric the user picks: chrF, BLEU, ROUGE-L or exact match).
 
 Every system sees the same prompt: the record's own chat messages (everything before the final assistant turn),
 rendered by the model's chat template for local models and sent as `messages` to endpoints.
@@ -27,25 +30,41 @@ from offramp.errors import OfframpError
 
 # Free generation stops at the first newline: a label is one line, and this keeps chatty models cheap.
 STOP = ["\n"]
+KINDS = ("classification", "generation")
 
 
 @dataclass(frozen=True)
 class Query:
     id: int
     messages: list[dict]  # the prompt: system/user turns, no final answer
-    label: str
+    label: str  # the final assistant turn: a label (classification) or the reference text (generation)
+
+    @property
+    def reference(self) -> str:
+        return self.label
 
 
 @dataclass(frozen=True)
 class EvalTask:
     name: str
     queries: list[Query]
-    labels: list[str]
+    labels: list[str]  # empty for generation tasks
     source: str
+    kind: str = "classification"
+    metric: str | None = None  # generation: the headline metric
+    max_gen_toks: int | None = None  # None: derived from the longest label / reference
 
     @property
     def max_label_chars(self) -> int:
-        return max(len(label) for label in self.labels)
+        return max(len(t) for t in self.labels or [q.label for q in self.queries])
+
+    def gen_toks(self) -> int:
+        """Tokens a free answer may take: a label or reference costs at most ~1 token per 2 characters in the
+        tokenizers we know; leave room for chatter. Generation answers are capped at 1024 unless asked for more."""
+        if self.max_gen_toks is not None:
+            return self.max_gen_toks
+        n = max(16, self.max_label_chars // 2 + 12)
+        return min(1024, max(32, n)) if self.kind == "generation" else n
 
 
 def _stable(seed: int, text: str) -> str:
@@ -78,11 +97,39 @@ def _labels_file(path: Path) -> list[str] | None:
     return [x.strip() for x in labels]
 
 
-def load_task(task: str, *, per_label: int | None = None, seed: int = 0) -> EvalTask:
-    """`banking77` (the vendored test split) or a chat JSONL whose last assistant turn is each record's label."""
+def load_task(
+    task: str,
+    *,
+    per_label: int | None = None,
+    seed: int = 0,
+    kind: str = "classification",
+    metric: str | None = None,
+    max_gen_toks: int | None = None,
+) -> EvalTask:
+    """`banking77` (the vendored test split) or a chat JSONL whose last assistant turn is each record's label
+    (classification) or reference answer (generation)."""
+    from offramp.evals.metrics import DEFAULT_GEN_METRIC, GEN_METRICS
+
+    if kind not in KINDS:
+        raise OfframpError(f"unknown task type {kind!r}; use {' or '.join(KINDS)}")
     if per_label is not None and per_label < 1:
         raise OfframpError("--limit-per-label must be at least 1")
+    if max_gen_toks is not None and max_gen_toks < 1:
+        raise OfframpError("--max-gen-toks must be at least 1")
+    if kind == "classification" and metric is not None:
+        raise OfframpError(
+            f"--metric {metric} is for generation tasks (--task-type generation); classification reports "
+            "accuracy and macro-F1"
+        )
+    if kind == "generation":
+        metric = metric or DEFAULT_GEN_METRIC
+        if metric not in GEN_METRICS:
+            raise OfframpError(f"unknown metric {metric!r} for a generation task; use one of {', '.join(GEN_METRICS)}")
+        if per_label is not None:
+            raise OfframpError("--limit-per-label needs labels: it is for classification tasks, not generation")
     if task in BUILTIN:
+        if kind != "classification":
+            raise OfframpError(f"{task} is a classification task; drop --task-type generation")
         _, test, labels = builtin_splits(task)
         system = system_prompt(labels, "short")
         records = [to_chat(e, system) for e in per_label_subset(test, per_label, seed)]
@@ -94,23 +141,37 @@ def load_task(task: str, *, per_label: int | None = None, seed: int = 0) -> Eval
             raise OfframpError(f"unknown task {task!r}: not a built-in task ({known}) and no such file")
         if path.suffix != ".jsonl":
             raise OfframpError(f"{path}: a task file must be chat JSONL (.jsonl), see `offramp data prepare`")
+        what = "label" if kind == "classification" else "reference answer"
         try:
             records = load_chat_jsonl(path)
         except OfframpError as e:
-            raise OfframpError(f"{e} (a task file needs each record's label as its final assistant turn)") from None
-        records = _limit_records(records, per_label, seed)
-        labels = _labels_file(path) or sorted({record_label(r) for r in records})
+            raise OfframpError(f"{e} (a task file needs each record's {what} as its final assistant turn)") from None
         name, source = path.stem, str(path.resolve())
+        if kind == "generation":
+            labels = []
+        else:
+            declared = _labels_file(path)
+            distinct = {record_label(r) for r in records}
+            if declared is None and len(distinct) > max(4, len(records) // 2):
+                raise OfframpError(
+                    f"{path}: {len(distinct)} distinct answers in {len(records)} records and no labels.json beside "
+                    "it: this looks like free text, not labels; use --task-type generation (with --metric)"
+                )
+            records = _limit_records(records, per_label, seed)
+            labels = declared or sorted(distinct)
     queries = [Query(i, record_prompt(r), record_label(r)) for i, r in enumerate(records)]
     empty = [q.id for q in queries if not q.label]
     if empty:
-        raise OfframpError(f"{task}: record {empty[0]} has an empty label (final assistant turn)")
+        what = "label" if kind == "classification" else "reference answer"
+        raise OfframpError(f"{task}: record {empty[0]} has an empty {what} (final assistant turn)")
+    if kind == "generation":
+        return EvalTask(name, queries, [], source, kind="generation", metric=metric, max_gen_toks=max_gen_toks)
     unknown = sorted({q.label for q in queries} - set(labels))
     if unknown:
         raise OfframpError(f"{task}: labels not in labels.json: {unknown[:5]}")
     if len(labels) < 2:
         raise OfframpError(f"{task}: a classification task needs at least 2 labels, found {labels}")
-    return EvalTask(name=name, queries=queries, labels=labels, source=source)
+    return EvalTask(name=name, queries=queries, labels=labels, source=source, max_gen_toks=max_gen_toks)
 
 
 # ---- lm-eval tasks -------------------------------------------------------------------------------------------
@@ -122,7 +183,7 @@ def _docs(task: EvalTask) -> list[dict[str, Any]]:
             "qid": q.id,
             "prompt": json.dumps(q.messages, ensure_ascii=False),
             "label": q.label,
-            "gold": task.labels.index(q.label),
+            **({"gold": task.labels.index(q.label)} if task.labels else {}),
         }
         for q in task.queries
     ]

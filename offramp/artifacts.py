@@ -71,11 +71,15 @@ class SystemResult(BaseModel):
     invalid_rate: float | None = None
     mode: str | None = None  # constrained / free
     reference: str | None = None  # for cited scores: the paper and table
+    # generation tasks: `accuracy` is the normalised exact-match rate; the chosen metric (and exact match) here
+    metrics: dict[str, Interval] | None = None
 
 
 class EvalReport(_Report):
     stage: Literal["eval"] = "eval"
     task: str
+    task_type: Literal["classification", "generation"] = "classification"
+    metric: str | None = None  # generation tasks: the headline metric (chrf, bleu, rougeL, exact_match)
     n_queries: int
     systems: list[SystemResult]
     gate: dict  # expression, verdict (GO / NO-GO), reason, candidate, baseline

@@ -279,3 +279,89 @@ def test_bad_inputs(cli, tmp_path):
         assert res.returncode != 0, args
         assert lines and lines[-1].startswith("offramp: error: ") and message in lines[-1], (args, res.stderr[-800:])
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+# ---- generation tasks: metrics, intervals, gate, task loading -----------------------------------------------
+
+
+def test_generation_metrics_by_hand():
+    from offramp.evals.metrics import corpus_score, sentence_scores
+
+    refs = ["APPLE", "the cat sat down", "Hello, world"]
+    # exact match ignores case, punctuation and runs of whitespace, nothing else
+    assert sentence_scores("exact_match", ["  apple. ", "the  cat sat down", "hello world"], refs) == [100.0] * 3
+    assert sentence_scores("exact_match", ["APPLES", "the cat sat", None], refs) == [0.0] * 3
+    # ROUGE-L F: "the cat sat" vs "the cat sat down": LCS 3, P 1, R 3/4 -> F = 2 * 0.75 / 1.75
+    assert sentence_scores("rougeL", ["x", "the cat sat", "x"], refs)[1] == pytest.approx(100 * 1.5 / 1.75, abs=0.01)
+    assert corpus_score("rougeL", refs, refs) == 100.0 and corpus_score("chrf", refs, refs) == 100.0
+
+
+@pytest.mark.parametrize("metric", ["chrf", "bleu"])
+def test_corpus_metric_matches_sacrebleu_and_resamples_from_stats(metric):
+    import sacrebleu
+    from offramp.evals.metrics import corpus_score, query_stats, resampled_scores
+
+    refs = ["the quick brown fox jumps", "over the lazy dog today", "a b c d e f", "summaries are hard to score"]
+    hyps = ["the quick brown fox jumped", "over a lazy dog", "a b c d e f", "scoring summaries is hard"]
+    direct = getattr(sacrebleu, f"corpus_{metric}")(hyps, [refs]).score
+    assert corpus_score(metric, hyps, refs) == pytest.approx(direct)  # lm-eval's aggregation
+    stats = query_stats(metric, hyps, refs)
+    identity = np.arange(len(refs))[None, :]
+    assert resampled_scores(metric, stats, identity)[0] == pytest.approx(direct)  # summed stats = corpus score
+    # a resample repeating query 2 (a perfect answer) four times scores as that corpus does
+    again = getattr(sacrebleu, f"corpus_{metric}")([hyps[2]] * 4, [[refs[2]] * 4]).score
+    assert resampled_scores(metric, stats, np.full((1, 4), 2))[0] == pytest.approx(again)
+
+
+def test_generation_intervals_and_paired_difference():
+    from offramp.evals.metrics import paired_generation_difference, score_generation, text_agreement
+
+    refs = [f"answer number {i}" for i in range(60)]
+    good = list(refs)
+    half = [r if i % 2 else "something else" for i, r in enumerate(refs)]
+    s = score_generation("exact_match", half, refs, seed=0)
+    assert s["exact_match"]["value"] == 50.0 and s["exact_match"]["ci_low"] < 50 < s["exact_match"]["ci_high"]
+    c = score_generation("chrf", half, refs, seed=0)["chrf"]
+    assert c["ci_low"] < c["value"] < c["ci_high"] < 100
+    assert score_generation("chrf", good, refs)["chrf"] == {"value": 100.0, "ci_low": 100.0, "ci_high": 100.0}
+    d = paired_generation_difference("exact_match", good, half, refs, seed=0)
+    assert d["value"] == 50.0 and 30 < d["ci_low"] < 50 < d["ci_high"] < 70
+    assert paired_generation_difference("chrf", good, good, refs)["value"] == 0.0
+    assert text_agreement(good, half) == 50.0 and text_agreement(["", "A"], ["", "a "]) == 50.0
+
+
+def test_generation_gate_metrics():
+    from offramp.evals.gate import check_gate_metric
+
+    g = parse_gate("rougeL >= baseline-1.5")
+    assert (g.metric, g.offset) == ("rougeL", -1.5)
+    check_gate_metric(parse_gate("chrf>=baseline-2"), "generation", "chrf")
+    check_gate_metric(parse_gate("exact_match>50"), "generation", "bleu")
+    with pytest.raises(OfframpError, match="not reported for this generation task"):
+        check_gate_metric(parse_gate("bleu>10"), "generation", "chrf")
+    with pytest.raises(OfframpError, match="not reported for a classification task"):
+        check_gate_metric(parse_gate("chrf>10"), "classification", None)
+    # the paired difference decides only when it is of the gated metric
+    cand = {"name": "c", "chrf": {"value": 79.0, "ci_low": 70.0, "ci_high": 88.0}}
+    base = {"name": "b", "chrf": {"value": 80.0, "ci_low": 78.0, "ci_high": 82.0}}
+    sure = verdict(
+        parse_gate("chrf>=baseline-2"), cand, base, {"value": -1, "ci_low": -1.5, "ci_high": -0.5, "metric": "chrf"}
+    )
+    assert sure["verdict"] == "GO" and sure["conclusive"] and "paired difference" in sure["reason"]
+
+
+def test_load_generation_task(tmp_path):
+    from offramp.evals.tasks import load_task
+
+    path = tmp_path / "rewrite.jsonl"
+    path.write_text("\n".join(_chat(f"rewrite {i}", f"Rewritten text number {i}.") for i in range(10)) + "\n")
+    with pytest.raises(OfframpError, match="use --task-type generation"):
+        load_task(str(path))
+    t = load_task(str(path), kind="generation")
+    assert (t.kind, t.metric, t.labels, len(t.queries)) == ("generation", "chrf", [], 10)
+    assert t.queries[3].reference == "Rewritten text number 3." and t.gen_toks() == 32
+    assert load_task(str(path), kind="generation", metric="bleu", max_gen_toks=64).gen_toks() == 64
+    (tmp_path / "labels.json").write_text(json.dumps([f"Rewritten text number {i}." for i in range(10)]))
+    assert load_task(str(path)).kind == "classification"  # declared labels: the file is a classification task
+    with pytest.raises(OfframpError, match="unknown metric 'rouge'"):
+        load_task(str(path), kind="generation", metric="rouge")
