@@ -159,7 +159,29 @@ def cpu_env_defaults(environ: Mapping[str, str]) -> dict[str, str]:
     if "VLLM_CPU_KVCACHE_SPACE" not in environ:
         mem = hardware_info().get("memory_gib") or 8
         out["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, min(8, int(mem * 0.1))))
+    # vLLM keeps one core for the API server; on a 2-core host that halves the engine. Measured here (2 cores,
+    # SmolLM2, fp32, 16 chat requests at concurrency 8): 2.6 -> 3.6 requests/s with no core reserved.
+    if "VLLM_CPU_NUM_OF_RESERVED_CPU" not in environ and (os.cpu_count() or 0) <= 2:
+        out["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
     return out
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without either, bf16 matmuls on CPU are emulated and slow."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return True
+    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def cpu_dtype_args(extra_args: Sequence[str]) -> list[str]:
+    """`--dtype float32` on CPUs without native bf16, unless the user chose a dtype. Measured here (AMD EPYC, AVX2
+    only, SmolLM2, 16 chat requests at concurrency 8): bf16 0.55-0.69 requests/s, float32 2.1-2.6 (3.8x)."""
+    if any(a == "--dtype" or a.startswith("--dtype=") for a in extra_args) or cpu_has_native_bf16():
+        return []
+    return ["--dtype", "float32"]
 
 
 def die_with_parent() -> None:
@@ -238,6 +260,8 @@ class VllmServer:
         eager = self.accelerator == "cpu" if self.enforce_eager is None else self.enforce_eager
         if eager:
             cmd.append("--enforce-eager")
+        if self.accelerator == "cpu":
+            cmd += cpu_dtype_args(self.extra_args)
         cmd.append("--enable-prefix-caching" if self.prefix_caching else "--no-enable-prefix-caching")
         if self.served_model_name:
             cmd += ["--served-model-name", self.served_model_name]

