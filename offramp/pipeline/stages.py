@@ -311,7 +311,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                     "cascade",
                     {"baseline": cfg.baselines[0].name, **cfg.cascade.model_dump()},
                     cascade,
-                    ["eval", "breakeven", *ft],
+                    ["eval", "bench", "breakeven", *ft],
                     optional=True,
                     commands=("cascade", "breakeven"),
                 )
