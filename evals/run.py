@@ -211,6 +211,9 @@ def run_endpoint(
     else:
         modes["constrained"] = _gen_kwargs(n_tok + 8, [], **extra, **asks)
         notes.append(f"constrained = request field {next(iter(extra))} restricting the answer to the label set")
+    if system.answers != "both" and system.answers in modes:
+        modes = {system.answers: modes[system.answers]}
+        notes.append(f"only {system.answers} answers were asked for (+answers={system.answers})")
     lm = make_api_lm(
         system,
         model,

@@ -3,7 +3,8 @@
 SPEC is one of
 - a local checkpoint: a store name or a path, optionally `+adapter=DIR` (a peft adapter on top);
 - an OpenAI-compatible endpoint: `openai:MODEL`, `anthropic:MODEL` (its OpenAI-compatible API), or a server URL
-  `http://host:port/v1` (vLLM; `+model=NAME` picks the served model, `+key_env=VAR` names its key's env var);
+  `http://host:port/v1` (vLLM; `+model=NAME` picks the served model, `+key_env=VAR` names its key's env var,
+  `+answers=constrained|free` asks a classification task for one answer mode only);
 - a cited published score: `cited:banking77/gpt-4-1shot` (see `offramp.evals.cited`).
 
 Keys come only from environment variables; a spec never holds a key.
@@ -43,6 +44,7 @@ class EndpointSystem:
     model: str | None  # None: ask the server (vLLM serves one model)
     key_env: str | None
     headers: dict[str, str] = field(default_factory=dict, compare=False)
+    answers: str = "both"  # both | constrained | free: which answer modes a classification task asks for
 
     def api_key(self) -> str | None:
         return os.environ.get(self.key_env) if self.key_env else None
@@ -85,11 +87,14 @@ def parse_system(arg: str) -> System:
         return CitedSystem(name, spec, spec.removeprefix("cited:"))
     head, *rest = spec.split("+")
     if head.startswith(("http://", "https://")):
-        opts = _options(rest, {"model", "key_env"}, spec)
+        opts = _options(rest, {"model", "key_env", "answers"}, spec)
         base = head.rstrip("/")
         if not base.endswith("/v1"):
             raise OfframpError(f"system spec {spec!r}: an endpoint URL must end in /v1 (e.g. http://127.0.0.1:8000/v1)")
-        return EndpointSystem(name, spec, "vllm", base, opts.get("model"), opts.get("key_env"))
+        answers = opts.get("answers", "both")
+        if answers not in ("both", "constrained", "free"):
+            raise OfframpError(f"system spec {spec!r}: +answers must be both, constrained or free, got {answers!r}")
+        return EndpointSystem(name, spec, "vllm", base, opts.get("model"), opts.get("key_env"), answers=answers)
     provider, colon, model = head.partition(":")
     if colon and provider in PROVIDERS:
         if not model:

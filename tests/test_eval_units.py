@@ -149,6 +149,8 @@ def test_parse_system_kinds(tmp_path, monkeypatch):
         "tiny",
         "MY_KEY",
     )
+    assert vllm.answers == "both"
+    assert parse_system("v=http://127.0.0.1:8000/v1+answers=constrained").answers == "constrained"
     cited = parse_system("gpt4=cited:banking77/gpt-4-1shot")
     assert isinstance(cited, CitedSystem) and cited.key == "banking77/gpt-4-1shot"
 
@@ -163,6 +165,7 @@ def test_parse_system_kinds(tmp_path, monkeypatch):
         ("x=smollm2-135m-instruct+adaptor=foo", "bad option"),
         ("x=smollm2-135m-instruct+adapter=/no/such/dir", "not a directory"),
         ("x=openai:", "name the model"),
+        ("x=http://localhost:8000/v1+answers=some", "must be both, constrained or free"),
     ],
 )
 def test_bad_system_specs(arg, match):

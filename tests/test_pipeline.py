@@ -192,3 +192,18 @@ def test_report_shows_quantized_size_and_perplexity_next_to_accuracy(tmp_path, m
     assert "AVX-512" in rows["tuned-gptq-w4a16"]["note"] and rows["tuned-bnb-nf4"]["status"] == "not-supported"
     text = report.write(tmp_path, rep).read_text()
     assert "Quantized candidates" in text and "+4.8 %" in text and "0.709x" in text and "AVX-512" in text
+
+
+def test_eval_settings_reach_the_eval_command_and_its_cache_key():
+    from offramp.pipeline.runner import stage_key
+
+    def eval_stage(**ev):
+        stages = {s.name: s for s in build_stages(PipelineConfig.model_validate({"eval": ev}))}
+        keys: dict[str, str] = {}
+        for st in stages.values():
+            keys[st.name] = stage_key(st, {n: keys[n] for n in st.needs})
+        return stages["eval"], keys["eval"]
+
+    default, key = eval_stage()
+    assert default.config["eval"] == {"concurrency": 16, "base_answers": "constrained"}
+    assert len({key, eval_stage(concurrency=4)[1], eval_stage(base_answers="both")[1]}) == 3

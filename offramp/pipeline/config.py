@@ -38,6 +38,12 @@ class QuantizeConfig(_Strict):
     args: list[str] = []  # extra `offramp quantize` flags, e.g. ["--n-calib", "64"]
 
 
+class EvalConfig(_Strict):
+    concurrency: int = Field(16, ge=1)  # requests in flight per endpoint system
+    # The base model's free answers were 100 % invalid on Banking77 (it chats); `both` measures them again.
+    base_answers: Literal["both", "constrained"] = "constrained"
+
+
 class BaselineConfig(_Strict):
     name: str
     spec: str  # openai:MODEL, http://host:port/v1, or cited:TASK/NAME
@@ -91,6 +97,7 @@ class PipelineConfig(_Strict):
         BaselineConfig(name="gpt-4o-mini", spec="openai:gpt-4o-mini", fallback="cited:banking77/gpt-4-1shot")
     ]
     gate: str = "accuracy>=baseline-5"
+    eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
     cost: CostConfig = CostConfig()
     cascade: CascadeConfig = CascadeConfig()

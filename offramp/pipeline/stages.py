@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -160,7 +161,8 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                 _note(log(w), f"eval: {q['system']} not evaluated: {q['note']}")
         with served_all(w, up, {q["system"]: q["checkpoint"] for q in quantized if q["evaluated"]}) as urls:
             url = urls["base"]
-            systems = ["--system", f"base={url}/v1+model=base"]
+            base_answers = "" if cfg.eval.base_answers == "both" else f"+answers={cfg.eval.base_answers}"
+            systems = ["--system", f"base={url}/v1+model=base{base_answers}"]
             if "finetune" in up:
                 systems += ["--system", f"tuned={url}/v1+model=tuned"]
             for q in quantized:
@@ -174,6 +176,8 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                 *systems,
                 "--gate",
                 cfg.gate,
+                "--concurrency",
+                str(cfg.eval.concurrency),
                 "--candidate",
                 candidate(up),
                 "--baseline",
@@ -182,32 +186,42 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                 str(w),
                 log=log(w),
             )
+            if cfg.serve.enabled:  # benchmark the same server now: one vLLM start-up (~2 min on 2 cores) less
+                run_bench(urls["base"], w / "bench", up, log(w))
 
     def bench(w: Path, up: dict[str, Path]) -> None:
-        s = cfg.serve
+        measured = up["eval"] / "bench" if "eval" in up else None
+        if measured is not None and (measured / "bench_report.json").is_file():
+            shutil.copytree(measured, w, dirs_exist_ok=True)
+            _note(log(w), f"bench: measured on the eval stage's server ({measured})")
+            return
         with served(w, up) as url:
-            args = [
-                "bench",
-                url,
-                "--workload",
-                str(up["data"] / "data/test.jsonl"),
-                "--model",
-                candidate(up),
-                "--concurrency",
-                ",".join(map(str, s.concurrency)),
-                "--num-prompts",
-                str(s.num_prompts),
-                "--slo-p99-ttft-s",
-                str(s.slo_p99_ttft_s),
-                "--slo-p99-tpot-ms",
-                str(s.slo_p99_tpot_ms),
-                "--out",
-                str(w),
-                *_host_args(cfg),
-            ]
-            if s.structured_choice:
-                args += ["--structured-choice", str(up["data"] / "data/labels.json")]
-            offramp_cmd(*args, log=log(w))
+            run_bench(url, w, up, log(w))
+
+    def run_bench(url: str, out: Path, up: dict[str, Path], log_path: Path) -> None:
+        s = cfg.serve
+        args = [
+            "bench",
+            url,
+            "--workload",
+            str(up["data"] / "data/test.jsonl"),
+            "--model",
+            candidate(up),
+            "--concurrency",
+            ",".join(map(str, s.concurrency)),
+            "--num-prompts",
+            str(s.num_prompts),
+            "--slo-p99-ttft-s",
+            str(s.slo_p99_ttft_s),
+            "--slo-p99-tpot-ms",
+            str(s.slo_p99_tpot_ms),
+            "--out",
+            str(out),
+            *_host_args(cfg),
+        ]
+        if s.structured_choice:
+            args += ["--structured-choice", str(up["data"] / "data/labels.json")]
+        offramp_cmd(*args, log=log_path)
 
     def breakeven(w: Path, up: dict[str, Path]) -> None:
         offramp_cmd(*breakeven_args(up), "--out", str(w), log=log(w))
@@ -281,7 +295,12 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                   optional=True, commands=("quantize",))
         )  # fmt: skip
     eval_config = {"model": model, "baselines": [baseline_spec(b.spec, b.fallback) for b in cfg.baselines]}
-    eval_config |= {"gate": cfg.gate, **({"quantize": cfg.quantize.model_dump()} if quantized else {})}
+    eval_config |= {
+        "gate": cfg.gate,
+        "eval": cfg.eval.model_dump(),
+        **({"serve": cfg.serve.model_dump()} if cfg.serve.enabled else {}),  # it benchmarks its server too
+        **({"quantize": cfg.quantize.model_dump()} if quantized else {}),
+    }
     stages.append(
         Stage(
             "eval",
@@ -298,7 +317,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                 "bench",
                 {"model": model, **cfg.serve.model_dump()},
                 bench,
-                ["pull", "data", *ft],
+                ["pull", "data", *ft, *ev],
                 commands=("serve", "bench"),
             )
         )
@@ -341,8 +360,6 @@ def quantized_systems(quantize_dir: Path | None, candidate: str) -> list[dict]:
 
 
 def _has_cuda() -> bool:
-    import shutil
-
     return shutil.which("nvidia-smi") is not None
 
 
