@@ -187,7 +187,10 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
                 log=log(w),
             )
             if cfg.serve.enabled:  # benchmark the same server now: one vLLM start-up (~2 min on 2 cores) less
-                run_bench(urls["base"], w / "bench", up, log(w))
+                try:
+                    run_bench(urls["base"], w / "bench", up, log(w))
+                except StageFailed as e:  # the bench stage then starts its own server
+                    _note(log(w), f"eval: benchmarking this server failed, the bench stage will retry: {e}")
 
     def bench(w: Path, up: dict[str, Path]) -> None:
         measured = up["eval"] / "bench" if "eval" in up else None
