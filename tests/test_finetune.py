@@ -149,7 +149,8 @@ def test_training_lowers_loss_and_reports(trained: Path) -> None:
     assert body["data"]["train"]["examples"] == len(QUERIES)
     assert body["eval_loss"] is not None and body["eval_loss"] < curve[0]
     assert report.train_tokens_per_s > 0 and report.wall_time_s > 0
-    assert report.run_cost_usd == pytest.approx(report.wall_time_s / 3600 * 2.0, rel=1e-3)
+    # wall_time_s is rounded in the report; on a 3 s run that alone moves the cost by ~0.1 %
+    assert report.run_cost_usd == pytest.approx(report.wall_time_s / 3600 * 2.0, rel=1e-3, abs=1e-5)
     assert report.hardware["cpu_cores"] >= 1
     assert not (trained.parent / f".{trained.name}.work").exists()  # checkpoints cleaned up after success
 
