@@ -186,17 +186,17 @@ def run_endpoint(
     model = probe(system)
     ledger = Ledger()
     n_tok = _max_gen_toks(task)
+    lm = make_api_lm(
+        system,
+        model,
+        cache=cache,
+        ledger=ledger,
+        max_gen_toks=n_tok,
+        max_attempts=max_attempts,
+        backoff_s=backoff_s,
+        concurrency=concurrency,
+    )
     if task.kind == "generation":
-        lm = make_api_lm(
-            system,
-            model,
-            cache=cache,
-            ledger=ledger,
-            max_gen_toks=n_tok,
-            max_attempts=max_attempts,
-            backoff_s=backoff_s,
-            concurrency=concurrency,
-        )
         start = time.perf_counter()
         samples = _evaluate(lm, build_lm_eval_tasks(task, {"free": _gen_kwargs(n_tok, [])}))
         note = GENERATION_NOTE.format(n=n_tok)
@@ -214,16 +214,6 @@ def run_endpoint(
     if system.answers != "both" and system.answers in modes:
         modes = {system.answers: modes[system.answers]}
         notes.append(f"only {system.answers} answers were asked for (+answers={system.answers})")
-    lm = make_api_lm(
-        system,
-        model,
-        cache=cache,
-        ledger=ledger,
-        max_gen_toks=n_tok,
-        max_attempts=max_attempts,
-        backoff_s=backoff_s,
-        concurrency=concurrency,
-    )
     start = time.perf_counter()
     samples = _evaluate(lm, build_lm_eval_tasks(task, modes))
     wall = time.perf_counter() - start

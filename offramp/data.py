@@ -241,3 +241,20 @@ def load_labels(data_dir_or_file: Path) -> list[str]:
         return json.loads(cand.read_text())
     recs = load_chat_jsonl(p if p.is_file() else p / "train.jsonl")
     return sorted({record_label(r) for r in recs})
+
+
+def label_list(ref: str, flag: str) -> list[str]:
+    """A command-line label set: `banking77`, or a JSON file holding a non-empty list of label strings (e.g. the
+    labels.json `offramp data prepare` writes). `flag` names the option in the error."""
+    if ref == "banking77":
+        return json.loads((builtin_dir("banking77") / "categories.json").read_text())
+    path = Path(ref)
+    if not path.is_file():
+        raise OfframpError(f"{flag} {ref}: no such file (a JSON list of labels, or banking77)")
+    try:
+        labels = json.loads(path.read_text())
+    except ValueError as e:
+        raise OfframpError(f"{flag} {path}: not valid JSON ({e})") from None
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
+        raise OfframpError(f"{flag} {path}: expected a non-empty JSON list of label strings")
+    return labels

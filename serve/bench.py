@@ -116,20 +116,9 @@ def hit_rate(d: dict[str, float]) -> float | None:
 
 # --- the workload ---------------------------------------------------------------------------------------------
 def load_choices(ref: str) -> list[str]:
-    if ref == "banking77":
-        from offramp.data import builtin_dir
+    from offramp.data import label_list
 
-        return json.loads((builtin_dir("banking77") / "categories.json").read_text())
-    path = Path(ref)
-    if not path.is_file():
-        raise OfframpError(f"--structured-choice {ref}: no such file (a JSON list of labels, or banking77)")
-    try:
-        labels = json.loads(path.read_text())
-    except ValueError as e:
-        raise OfframpError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
-        raise OfframpError(f"{path}: expected a non-empty JSON list of label strings")
-    return labels
+    return label_list(ref, "--structured-choice")
 
 
 def workload_messages(source: str, n: int) -> tuple[list[list[dict] | str], str]:

@@ -28,7 +28,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 from fastapi import FastAPI, Request
@@ -102,20 +101,9 @@ class CascadeSettings:
 
 def load_labels(ref: str) -> list[str]:
     """`--labels`: a JSON list of label strings (e.g. the labels.json `offramp data prepare` writes), or banking77."""
-    if ref == "banking77":
-        from offramp.data import builtin_dir
+    from offramp.data import label_list
 
-        return json.loads((builtin_dir("banking77") / "categories.json").read_text())
-    path = Path(ref)
-    if not path.is_file():
-        raise OfframpError(f"--labels {ref}: no such file (a JSON list of labels, or banking77)")
-    try:
-        labels = json.loads(path.read_text())
-    except ValueError as e:
-        raise OfframpError(f"--labels {path}: not valid JSON ({e})") from None
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
-        raise OfframpError(f"--labels {path}: expected a non-empty JSON list of label strings")
-    return labels
+    return label_list(ref, "--labels")
 
 
 def answer_confidence(choice: dict) -> float:
