@@ -88,6 +88,45 @@ def run(
     print(out)
 
 
+@quantize_app.command("emulate")
+def emulate(
+    checkpoint: Annotated[Path, typer.Argument(help="a GPTQ checkpoint dir (offramp quantize --method gptq-w4a16)")],
+    out: Annotated[Path | None, typer.Option(help="output dir (default: <checkpoint>-emulated)")] = None,
+    heldout: Annotated[
+        str, typer.Option(help="held-out text for the check: chat JSONL (test.jsonl beside it) or banking77")
+    ] = "banking77",
+    n_heldout: Annotated[int, typer.Option(help="held-out conversations scored")] = 32,
+    max_ppl_diff: Annotated[float, typer.Option(help="check: largest relative perplexity difference")] = 0.01,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output dir")] = False,
+) -> None:
+    """Dense float32 copy of a GPTQ checkpoint (weights dequantized) to measure its task accuracy on hosts whose
+    vLLM has no W4A16 kernel. Checked: it must score the GPTQ model's perplexity within --max-ppl-diff."""
+    import os
+
+    from rich.console import Console
+
+    from offramp.envs import require_env
+
+    checkpoint = checkpoint.resolve()
+    from offramp.quantize.emulate import check_source
+
+    check_source(checkpoint)  # one error line before the gptq env is set up
+    out = out or checkpoint.with_name(checkpoint.name + "-emulated")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    require_env("gptq")
+    from offramp.quantize.emulate import emulate_gptq
+
+    report = emulate_gptq(
+        checkpoint, out, heldout=heldout, n_heldout=n_heldout, overwrite=overwrite, max_ppl_diff=max_ppl_diff
+    )
+    c = report["check"]
+    Console(stderr=True).print(
+        f"[green]wrote[/] {out}: perplexity {c['dense_perplexity']:.3f} vs {c['gptq_perplexity']:.3f} for the GPTQ "
+        f"checkpoint ({100 * c['relative_difference']:.2f} % apart), {report['seconds']} s"
+    )
+    print(out)
+
+
 @quantize_app.command("compare")
 def compare(dirs: Annotated[list[Path], typer.Argument(help="quantized checkpoint dirs (or their reports)")]) -> None:
     """Print the size / quality table of several quantize reports."""
