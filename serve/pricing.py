@@ -51,23 +51,14 @@ def parse_split(rule: str) -> tuple[str, float | None]:
 
 
 def input_cost_share(point: dict, rule: str) -> tuple[float, str]:
-    """Share of the host's time charged to input tokens, and the rule stated in words."""
-    kind, k = parse_split(rule)
-    tin, tout = point["input_tokens_per_s"], point["output_tokens_per_s"]
-    if kind == "ratio":
-        share = tin / (tin + k * tout)
-        return share, (
-            f"stated ratio: an output token costs {k:g}x an input token; input share = in_tok/s / "
-            f"(in_tok/s + {k:g} * out_tok/s) = {share:.3f}"
-        )
-    ttft, e2el = point["ttft_ms"]["mean"], point.get("e2el_ms", {}).get("mean")
-    if not e2el or e2el <= 0:
-        raise OfframpError("this load point has no end-to-end latency to split prefill from decode")
-    share = min(1.0, ttft / e2el)
-    return share, (
-        f"measured: input tokens carry the share of each request's time spent before its first token "
-        f"(prefill, incl. any queueing) = mean TTFT / mean end-to-end latency = {share:.3f}; output tokens the rest"
-    )
+    """Share of the host's time charged to input tokens, and the rule stated in words: the break-even cost model's
+    rule (offramp.cost.model.capacity_from_point), so `bench` and `breakeven` price a load point alike."""
+    from offramp.artifacts import LoadPoint
+    from offramp.cost.model import capacity_from_point
+
+    _, output_weight = parse_split(rule)
+    capacity = capacity_from_point(LoadPoint.model_validate(point), output_weight)
+    return capacity.input_time_share, capacity.rule
 
 
 def cost_per_million(point: dict, price: dict, *, utilisation: float, split: str = "measured") -> dict[str, Any]:

