@@ -191,7 +191,7 @@ def preload_variants(names: list[str]) -> dict[str, dict[str, str]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--out", type=Path, default=Path("results/serve"))
+    ap.add_argument("--out", type=Path, default=Path("serve/results"))
     ap.add_argument("--prompts", type=int, default=48, help="requests per random-workload run")
     ap.add_argument("--prefix-prompts", type=int, default=16)
     ap.add_argument("--variants", default="", help="comma list: iomp,tcmalloc,tcmalloc+iomp,all-cores")
