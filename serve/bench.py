@@ -115,12 +115,6 @@ def hit_rate(d: dict[str, float]) -> float | None:
 
 
 # --- the workload ---------------------------------------------------------------------------------------------
-def load_choices(ref: str) -> list[str]:
-    from offramp.data import label_list
-
-    return label_list(ref, "--structured-choice")
-
-
 def workload_messages(source: str, n: int) -> tuple[list[list[dict] | str], str]:
     """The prompts to send: chat message lists (rendered later) or raw prompt strings; plus a description."""
     from offramp.data import Example, per_label_subset, system_prompt, validate_record

@@ -99,13 +99,6 @@ class CascadeSettings:
         return {"Authorization": f"Bearer {self.local_api_key}"} if self.local_api_key else {}
 
 
-def load_labels(ref: str) -> list[str]:
-    """`--labels`: a JSON list of label strings (e.g. the labels.json `offramp data prepare` writes), or banking77."""
-    from offramp.data import label_list
-
-    return label_list(ref, "--labels")
-
-
 def answer_confidence(choice: dict) -> float:
     """exp(sum of the generated tokens' logprobs): what offramp.evals.api.answer_logprob gives the offline curve."""
     content = (choice.get("logprobs") or {}).get("content")

@@ -203,7 +203,9 @@ def _serve_cascade(
     from offramp.envs import require_env
 
     require_env("runtime")
-    from offramp.serve.cascade import CascadeSettings, Fallback, load_labels, probe_local
+    from offramp.serve.cascade import CascadeSettings, Fallback, probe_local
+
+    from offramp.data import label_list
 
     def settings(url: str, local_model: str) -> CascadeSettings:
         return CascadeSettings(
@@ -211,7 +213,7 @@ def _serve_cascade(
             local_model=local_model,
             fallback=Fallback.parse(fallback),
             threshold=threshold,
-            labels=load_labels(labels) if labels else None,
+            labels=label_list(labels, "--labels") if labels else None,
             local_api_key=key,
             retries=fallback_retries,
             fallback_timeout_s=fallback_timeout,
@@ -307,9 +309,11 @@ def _bench(
     timeout_s: Annotated[float, typer.Option(help="give up on the whole sweep after this many seconds")] = 3600.0,
 ) -> None:
     """Sweep load with vLLM's own `vllm bench serve`; find the highest load meeting the SLO; $ per 1M tokens."""
-    from offramp.serve.bench import BenchSettings, load_choices, normalise_endpoint
+    from offramp.serve.bench import BenchSettings, normalise_endpoint
     from offramp.serve.pricing import host_price, parse_split
     from offramp.serve.server import api_key_from_env
+
+    from offramp.data import label_list
 
     try:
         levels = [int(x) for x in concurrency.split(",") if x.strip()]
@@ -319,7 +323,7 @@ def _bench(
     parse_split(cost_split)
     price = host_price(host, host_price_per_hour)
     key = api_key_from_env(api_key)
-    choices = load_choices(structured_choice) if structured_choice else None
+    choices = label_list(structured_choice, "--structured-choice") if structured_choice else None
     if workload != "banking77" and not Path(workload).is_file():
         raise OfframpError(f"--workload {workload}: no such file (a JSONL file, or banking77)")
     from offramp.envs import require_env
