@@ -118,35 +118,38 @@ def run_local(system: LocalSystem, task: EvalTask, *, batch_size: int = 8, devic
         samples = _evaluate(lm, build_lm_eval_tasks(task, {"free": _gen_kwargs(n_tok, [])}))
         note = GENERATION_NOTE.format(n=n_tok) + f" ({eos!r})"
         return _generation_answers(system.name, path, task, samples, time.perf_counter() - start, [note], None)
-    tasks = build_lm_eval_tasks(
-        task,
-        {"free": _gen_kwargs(_max_gen_toks(task), STOP), "constrained": None},
-        choice_suffix=eos,
-    )
+    modes = {"free": _gen_kwargs(_max_gen_toks(task), STOP), "constrained": None}
+    if system.answers != "both":
+        modes = {system.answers: modes[system.answers]}
     start = time.perf_counter()
-    samples = _evaluate(lm, tasks)
+    samples = _evaluate(lm, build_lm_eval_tasks(task, modes, choice_suffix=eos))
     wall = time.perf_counter() - start
     index = label_index(task.labels)
-    free_preds, cons_preds, queries = [], [], []
-    for q, fs, cs in zip(task.queries, samples["free"], samples["constrained"], strict=True):
-        raw = fs["filtered_resps"][0]  # generate_until: [text]
-        lls = [float(ll) for ll, _greedy in cs["filtered_resps"]]  # multiple_choice: [(loglik, is_greedy)] per label
-        conf = _choice_confidence(lls)
-        free_preds.append(parse_answer(raw, index))
-        cons_preds.append(conf["pred"])
-        queries.append(
-            {
-                "id": q.id,
-                "free": {"answer": raw, "label": _label(free_preds[-1], task)},
-                "constrained": {"label": task.labels[conf["pred"]], **{k: v for k, v in conf.items() if k != "pred"}},
-            }
+    preds: dict[str, list[int]] = {m: [] for m in modes}
+    queries = []
+    for i, q in enumerate(task.queries):
+        record: dict = {"id": q.id}
+        if "free" in modes:
+            raw = samples["free"][i]["filtered_resps"][0]  # generate_until: [text]
+            preds["free"].append(parse_answer(raw, index))
+            record["free"] = {"answer": raw, "label": _label(preds["free"][-1], task)}
+        if "constrained" in modes:
+            # multiple_choice: [(loglik, is_greedy)] per label
+            conf = _choice_confidence([float(ll) for ll, _greedy in samples["constrained"][i]["filtered_resps"]])
+            pred = conf.pop("pred")
+            preds["constrained"].append(pred)
+            record["constrained"] = {"label": task.labels[pred], **conf}
+        queries.append(record)
+    notes = []
+    if "constrained" in modes:
+        notes.append(
+            "constrained = lm-eval multiple_choice: log-likelihood of each label (+ end-of-turn token "
+            f"{eos!r}) after the chat-templated prompt; confidence prob = P(label | prompt) = exp(logprob), "
+            "prob_among_labels = its softmax over the label set, margin = log-prob gap to the runner-up"
         )
-    notes = [
-        "constrained = lm-eval multiple_choice: log-likelihood of each label (+ end-of-turn token "
-        f"{eos!r}) after the chat-templated prompt; confidence prob = P(label | prompt) = exp(logprob), "
-        "prob_among_labels = its softmax over the label set, margin = log-prob gap to the runner-up"
-    ]
-    return Answers(system.name, path, {"free": free_preds, "constrained": cons_preds}, queries, wall, notes)
+    if system.answers != "both":
+        notes.append(f"only {system.answers} answers were asked for (+answers={system.answers})")
+    return Answers(system.name, path, preds, queries, wall, notes)
 
 
 def _label(pred: int, task: EvalTask) -> str | None:

@@ -1,7 +1,8 @@
 """`--system NAME=SPEC`: what a system under evaluation is.
 
 SPEC is one of
-- a local checkpoint: a store name or a path, optionally `+adapter=DIR` (a peft adapter on top);
+- a local checkpoint: a store name or a path, optionally `+adapter=DIR` (a peft adapter on top) and
+  `+answers=constrained|free` (a classification task's answer modes; default both);
 - an OpenAI-compatible endpoint: `openai:MODEL`, `anthropic:MODEL` (its OpenAI-compatible API), or a server URL
   `http://host:port/v1` (vLLM; `+model=NAME` picks the served model, `+key_env=VAR` names its key's env var,
   `+answers=constrained|free` asks a classification task for one answer mode only);
@@ -33,6 +34,7 @@ class LocalSystem:
     spec: str
     model: str  # store name or path, resolved at run time
     adapter: str | None = None
+    answers: str = "both"  # both | constrained | free, as for an endpoint
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,13 @@ def _options(parts: list[str], allowed: set[str], spec: str) -> dict[str, str]:
     return opts
 
 
+def _answers(opts: dict[str, str], spec: str) -> str:
+    answers = opts.get("answers", "both")
+    if answers not in ("both", "constrained", "free"):
+        raise OfframpError(f"system spec {spec!r}: +answers must be both, constrained or free, got {answers!r}")
+    return answers
+
+
 def parse_system(arg: str) -> System:
     name, sep, spec = arg.partition("=")
     if not sep or not name or not spec:
@@ -91,9 +100,7 @@ def parse_system(arg: str) -> System:
         base = head.rstrip("/")
         if not base.endswith("/v1"):
             raise OfframpError(f"system spec {spec!r}: an endpoint URL must end in /v1 (e.g. http://127.0.0.1:8000/v1)")
-        answers = opts.get("answers", "both")
-        if answers not in ("both", "constrained", "free"):
-            raise OfframpError(f"system spec {spec!r}: +answers must be both, constrained or free, got {answers!r}")
+        answers = _answers(opts, spec)
         return EndpointSystem(name, spec, "vllm", base, opts.get("model"), opts.get("key_env"), answers=answers)
     provider, colon, model = head.partition(":")
     if colon and provider in PROVIDERS:
@@ -108,10 +115,10 @@ def parse_system(arg: str) -> System:
             f"system spec {spec!r}: unknown provider {provider!r}; use {', '.join(PROVIDERS)}, cited:…, "
             "an http://host:port/v1 URL, or a local model"
         )
-    opts = _options(rest, {"adapter"}, spec)
+    opts = _options(rest, {"adapter", "answers"}, spec)
     if "adapter" in opts and not Path(opts["adapter"]).is_dir():
         raise OfframpError(f"system spec {spec!r}: adapter {opts['adapter']} is not a directory")
-    return LocalSystem(name, spec, head, opts.get("adapter"))
+    return LocalSystem(name, spec, head, opts.get("adapter"), answers=_answers(opts, spec))
 
 
 def check_key(system: EndpointSystem) -> None:

@@ -14,10 +14,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import eval_report, eval_system
 from fake_openai import FakeOpenAI
 from offramp.evals.tasks import load_task
-
-from offramp.artifacts import load_report
 
 
 def banking77_subset(path: Path, n_labels: int, per_label: int) -> dict[str, str]:
@@ -40,15 +39,6 @@ def wrong_for(gold: dict[str, str], n: int) -> dict[str, str]:
     for text in sorted(gold)[:n]:
         out[text] = next(label for label in labels if label != gold[text])
     return out
-
-
-def report_of(out: Path) -> dict:
-    load_report(out / "eval_report.json", "eval")  # valid against the contract
-    return json.loads((out / "eval_report.json").read_text())
-
-
-def system(report: dict, name: str) -> dict:
-    return next(s for s in report["systems"] if s["name"] == name)
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +84,12 @@ def test_tiny_model_and_adapter_vs_paid_api(cli, tiny_model, tiny_lora, mini, tm
         labels = sorted(set(gold.values()))
         assert sorted(enum["properties"]["label"]["enum"]) == labels
 
-        rep = report_of(tmp_path / "run1")
+        rep = eval_report(tmp_path / "run1")
         assert rep["n_queries"] == 12 and rep["candidate"] == "cand" and rep["baseline"] == "api"
         # the endpoint saw exactly the task's prompts (system + user turn of each record)
         prompts = {json.dumps(q.messages) for q in load_task(str(task)).queries}
         assert {json.dumps(b["messages"]) for b in sent} == prompts
-        base = system(rep, "api")
+        base = eval_system(rep, "api")
         assert base["accuracy"]["value"] == pytest.approx(1000 / 12, abs=0.01)
         assert base["modes"]["free"]["accuracy"]["value"] == pytest.approx(1000 / 12, abs=0.01)
         # the fake API reports -0.05 per answer token: the confidence per answer comes through
@@ -114,7 +104,7 @@ def test_tiny_model_and_adapter_vs_paid_api(cli, tiny_model, tiny_lora, mini, tm
         assert base["cost"]["spent_usd"] == pytest.approx(want, rel=1e-3) and want > 0
         assert base["cost"]["source"] == "list_price" and base["cost"]["date"] == price.date
 
-        cand, lora = system(rep, "cand"), system(rep, "lora")
+        cand, lora = eval_system(rep, "cand"), eval_system(rep, "lora")
         for s in (cand, lora):
             assert s["mode"] == "constrained" and s["invalid_rate"] == 0.0
             assert s["accuracy"]["ci_low"] <= s["accuracy"]["value"] <= s["accuracy"]["ci_high"]
@@ -132,7 +122,8 @@ def test_tiny_model_and_adapter_vs_paid_api(cli, tiny_model, tiny_lora, mini, tm
         assert gate["verdict"] == ("GO" if cand["accuracy"]["value"] >= base["accuracy"]["value"] - 2 else "NO-GO")
         assert gate["reason"] and gate["verdict"] in res.stdout
 
-        # the same requests again: all answered from the disk cache, nothing spent
+        # the same requests again: all answered from the disk cache, nothing spent; the local model asked for its
+        # constrained answers only gives the same ones, without the free-generation pass
         api.reset()
         res = cli(
             "eval",
@@ -140,6 +131,8 @@ def test_tiny_model_and_adapter_vs_paid_api(cli, tiny_model, tiny_lora, mini, tm
             str(task),
             "--system",
             "api=openai:gpt-4o-mini",
+            "--system",
+            f"cand={tiny_model}+answers=constrained",
             "--cache",
             str(cache),
             "--out",
@@ -148,9 +141,14 @@ def test_tiny_model_and_adapter_vs_paid_api(cli, tiny_model, tiny_lora, mini, tm
         )
         assert res.returncode == 0, res.stderr[-3000:]
         assert api.completions == 0
-        again = system(report_of(tmp_path / "run2"), "api")
+        again = eval_system(eval_report(tmp_path / "run2"), "api")
         assert again["usage"]["cache_hits"] == 24 and again["cost"]["spent_usd"] == 0
         assert again["accuracy"] == base["accuracy"]
+        only = eval_system(eval_report(tmp_path / "run2"), "cand")
+        assert list(only["modes"]) == ["constrained"] and all("free" not in q for q in only["queries"])
+        for key in ("label", "logprob"):
+            got, want = ([q["constrained"][key] for q in s["queries"]] for s in (only, cand))
+            assert got == (want if key == "label" else pytest.approx(want, abs=1e-4))
 
 
 def test_builtin_banking77_vs_cited_score(cli, tmp_path):
@@ -178,12 +176,12 @@ def test_builtin_banking77_vs_cited_score(cli, tmp_path):
         )
         assert res.returncode == 0, res.stderr[-3000:]
         assert api.completions == 77 * 2
-    rep = report_of(tmp_path / "out")
+    rep = eval_report(tmp_path / "out")
     assert (tmp_path / "out" / "stage.log").read_text() == "kept\n"
     assert rep["n_queries"] == 77 and len(rep["labels"]) == 77
-    cited = system(rep, "gpt4")
+    cited = eval_system(rep, "gpt4")
     assert cited["source"] == "cited" and cited["accuracy"]["value"] == 80.4 and "Loukas" in cited["reference"]
-    assert system(rep, "api")["accuracy"]["value"] == pytest.approx(7000 / 77, abs=0.01)
+    assert eval_system(rep, "api")["accuracy"]["value"] == pytest.approx(7000 / 77, abs=0.01)
     assert rep["gate"]["verdict"] == "GO" and "cited score" in rep["gate"]["reason"]
 
 
@@ -224,7 +222,7 @@ def test_interrupt_leaves_the_cache_valid(tmp_path, mini):
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-2000:]
         assert api.completions == 24 - done  # the cached replies were reused
-        assert system(report_of(out), "api")["usage"]["cache_hits"] == done
+        assert eval_system(eval_report(out), "api")["usage"]["cache_hits"] == done
 
 
 @pytest.mark.model
@@ -234,7 +232,7 @@ def test_smollm2_on_banking77_subset(cli, smollm2, tmp_path):
     banking77_subset(task, n_labels=8, per_label=2)
     res = cli("eval", "--task", str(task), "--system", "smol=smollm2-135m-instruct", "--out", str(tmp_path / "out"))
     assert res.returncode == 0, res.stderr[-3000:]
-    s = system(report_of(tmp_path / "out"), "smol")
+    s = eval_system(eval_report(tmp_path / "out"), "smol")
     free, cons = s["modes"]["free"], s["modes"]["constrained"]
     assert cons["invalid_rate"] == 0.0 and free["invalid_rate"] >= 50.0
     assert cons["accuracy"]["value"] > free["accuracy"]["value"]
@@ -258,7 +256,7 @@ def test_vllm_endpoint_structured_choice(cli, vllm_tiny, mini, tmp_path):
         str(tmp_path / "out"),
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    s = system(report_of(tmp_path / "out"), "served")
+    s = eval_system(eval_report(tmp_path / "out"), "served")
     labels = set(gold.values())
     assert s["mode"] == "constrained" and s["invalid_rate"] == 0.0
     assert all(q["constrained"]["answer"] in labels for q in s["queries"])

@@ -151,6 +151,7 @@ def test_parse_system_kinds(tmp_path, monkeypatch):
     )
     assert vllm.answers == "both"
     assert parse_system("v=http://127.0.0.1:8000/v1+answers=constrained").answers == "constrained"
+    assert parse_system("m=tiny+answers=free").answers == "free" and parse_system("m=tiny").answers == "both"
     cited = parse_system("gpt4=cited:banking77/gpt-4-1shot")
     assert isinstance(cited, CitedSystem) and cited.key == "banking77/gpt-4-1shot"
 
@@ -166,6 +167,7 @@ def test_parse_system_kinds(tmp_path, monkeypatch):
         ("x=smollm2-135m-instruct+adapter=/no/such/dir", "not a directory"),
         ("x=openai:", "name the model"),
         ("x=http://localhost:8000/v1+answers=some", "must be both, constrained or free"),
+        ("x=tiny+answers=maybe", "must be both, constrained or free"),
     ],
 )
 def test_bad_system_specs(arg, match):
