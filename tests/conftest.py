@@ -148,3 +148,17 @@ def vllm_process_group(port: int) -> int | None:
             if b"vllm.entrypoints.openai.api_server" in cmd and str(port).encode() in cmd:
                 return int(stat[2])
     return None
+
+
+def eval_report(out: Path) -> dict:
+    """`out`/eval_report.json, checked against the stage contract first."""
+    import json
+
+    from offramp.artifacts import load_report
+
+    load_report(out / "eval_report.json", "eval")
+    return json.loads((out / "eval_report.json").read_text())
+
+
+def eval_system(report: dict, name: str) -> dict:
+    return next(s for s in report["systems"] if s["name"] == name)

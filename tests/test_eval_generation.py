@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import sacrebleu
+from conftest import eval_report, eval_system
 from fake_openai import FakeOpenAI
-
-from offramp.artifacts import load_report
 
 WORDS = ["apple", "river", "candle", "orange", "silver", "garden", "pencil", "window"]
 SYSTEM = "Repeat the word the user gives, in capital letters, and nothing else."
@@ -33,15 +32,6 @@ def write_task(path: Path) -> dict[str, str]:
             ]
             f.write(json.dumps({"messages": msgs}) + "\n")
     return refs
-
-
-def report_of(out: Path) -> dict:
-    load_report(out / "eval_report.json", "eval")  # valid against the contract
-    return json.loads((out / "eval_report.json").read_text())
-
-
-def system(report: dict, name: str) -> dict:
-    return next(s for s in report["systems"] if s["name"] == name)
 
 
 @pytest.fixture
@@ -93,10 +83,10 @@ def test_tiny_model_vs_api_vs_perfect_endpoint(cli, tiny_model, task, tmp_path):
         assert {b["max_completion_tokens"] for b in sent} == {8}
         assert {b["messages"][-1]["content"] for b in sent} == set(refs)
 
-        rep = report_of(tmp_path / "run1")
+        rep = eval_report(tmp_path / "run1")
         assert rep["task_type"] == "generation" and rep["metric"] == "chrf" and rep["n_queries"] == 8
         assert rep["labels"] == [] and {q["reference"] for q in rep["queries"]} == set(refs.values())
-        base = system(rep, "api")
+        base = eval_system(rep, "api")
         # by hand: 6 of 8 exact -> 75.0; chrF is corpus-level, recomputed independently with sacrebleu here
         ordered = [json.loads(line)["messages"] for line in path.read_text().splitlines()]
         want_refs = [m[-1]["content"] for m in ordered]
@@ -112,11 +102,11 @@ def test_tiny_model_vs_api_vs_perfect_endpoint(cli, tiny_model, task, tmp_path):
         assert base["usage"]["requests"] == 8 and base["usage"]["cache_hits"] == 0
         assert base["cost"]["source"] == "list_price" and base["cost"]["spent_usd"] > 0
 
-        best = system(rep, "perfect")
+        best = eval_system(rep, "perfect")
         assert best["chrf"]["value"] == 100.0 and best["exact_match"]["value"] == 100.0 and best["empty_rate"] == 0
         assert best["cost"]["source"] == "none"
 
-        cand = system(rep, "cand")  # random weights: whatever it says, it is not the uppercase word
+        cand = eval_system(rep, "cand")  # random weights: whatever it says, it is not the uppercase word
         assert len(cand["queries"]) == 8 and all(isinstance(q["free"]["answer"], str) for q in cand["queries"])
         assert cand["chrf"]["value"] < base["chrf"]["value"] - 2
         diff = cand["difference_vs_baseline"]
@@ -143,8 +133,8 @@ def test_tiny_model_vs_api_vs_perfect_endpoint(cli, tiny_model, task, tmp_path):
         )
         assert res.returncode == 0, res.stderr[-3000:]
         assert api.completions == 0
-    rep2 = report_of(tmp_path / "run2")
-    again = system(rep2, "api")
+    rep2 = eval_report(tmp_path / "run2")
+    again = eval_system(rep2, "api")
     assert again["usage"]["cache_hits"] == 8 and again["cost"]["spent_usd"] == 0
     assert again["exact_match"]["value"] == 75.0 and "chrf" not in again
     assert rep2["gate"]["verdict"] == "GO"  # 75 >= 100 - 30
