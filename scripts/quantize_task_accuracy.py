@@ -1,13 +1,18 @@
 """Task accuracy of quantized fine-tuned checkpoints vs the unquantized one, as served (issue 5).
 
     python scripts/quantize_task_accuracy.py --merged runs/x/ft/merged \\
-        [--methods gptq-w4a16,w8a8-int8-rtn,w8a8-int8] [--task banking77 --limit-per-label 3] [--out DIR]
+        [--methods gptq-w4a16,w8a8-int8-rtn,w8a8-int8,bnb-nf4,bnb-int8] [--task banking77 --limit-per-label 3]
 
 Each method runs through `offramp quantize` on the merged tuned model (calibrated on the task's train split, with
 its reload check). A checkpoint this host's vLLM cannot serve (GPTQ W4A16 on AVX2-only CPUs) is evaluated through
-`offramp quantize emulate` (its dequantized weights, checked against it), marked as such. Every checkpoint is then
-served by vLLM, scored by `offramp eval` on the same queries with constrained answers, and the summary JSON gives
-each accuracy with its 95 % interval and the change in points vs the unquantized model. Run alone on the box:
+`offramp quantize emulate` (its dequantized weights, checked against it), marked as such. Every such checkpoint is
+served by vLLM and scored by `offramp eval` on the same queries with constrained answers (vLLM's structured
+outputs), against the unquantized model served the same way.
+
+bitsandbytes checkpoints no vLLM serves: they are scored in-process by transformers' generate, greedy and
+constrained to the labels (the choice vLLM's structured outputs make), against the unquantized model scored the same
+way (`bf16-hf`), so each change is measured with one scorer. The summary JSON gives each accuracy with its 95 %
+interval and the change in points vs its reference. Run alone on the box:
 `flock /tmp/offramp-heavy.lock python scripts/quantize_task_accuracy.py …`.
 """
 
@@ -20,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from offramp.evals.metrics import INVALID, paired_difference, score
+from offramp.evals.tasks import load_task
 from offramp.quantize.measure import cpu_has_avx512
 from offramp.quantize.methods import get_method
 from offramp.serve.server import VllmServer
@@ -36,8 +43,8 @@ def offramp(*args: str) -> None:
 
 
 def checkpoints(merged: Path, methods: list[str], out: Path, calib: str, n_calib: int) -> dict[str, dict]:
-    """{system name: {path, method, emulated}} with the unquantized merged model first."""
-    found = {"bf16": {"path": merged, "method": None, "emulated": False}}
+    """{system name: {path, method, emulated, scorer}}, with the unquantized merged model for each scorer used."""
+    found: dict[str, dict] = {}
     for name in methods:
         method = get_method(name)
         ckpt = out / name
@@ -50,8 +57,95 @@ def checkpoints(merged: Path, methods: list[str], out: Path, calib: str, n_calib
             if not (dense / "emulate_report.json").is_file():
                 offramp("quantize", "emulate", str(ckpt), "--out", str(dense), "--overwrite")
             ckpt = dense
-        found[name] = {"path": ckpt, "method": name, "emulated": emulated}
+        scorer = "vllm" if method.servable_by_vllm_cpu else "hf"
+        found.setdefault(REFERENCE[scorer], {"path": merged, "method": None, "emulated": False, "scorer": scorer})
+        found[name] = {"path": ckpt, "method": name, "emulated": emulated, "scorer": scorer}
     return found
+
+
+def score_served(found: dict[str, dict], task: list[str], concurrency: int, out: Path) -> dict[str, dict]:
+    servers = []
+    try:
+        for name, c in found.items():  # all up together: their start-ups overlap
+            servers.append(VllmServer(c["path"], served_model_name=name, max_model_len=2048))
+            servers[-1].start()
+        systems = [f"--system={s.model_name}={s.api_base}+model={s.model_name}+answers=constrained" for s in servers]
+        quantized = next(n for n in found if n != REFERENCE["vllm"])  # the gate's candidate, not the baseline
+        offramp("eval", "--task", *task, *systems, "--baseline", REFERENCE["vllm"], "--candidate", quantized,
+                "--concurrency", str(concurrency), "--out", str(out))  # fmt: skip
+    finally:
+        for s in servers:
+            s.stop()
+    return served_report(out)
+
+
+def served_report(out: Path) -> dict:
+    """The eval report, with each system's constrained answer per query as `preds` and the gold labels."""
+    report = json.loads((out / "eval_report.json").read_text())
+    report["gold"] = [q["gold"] for q in report["queries"]]
+    for s in report["systems"]:
+        s["preds"] = [q["constrained"]["label"] for q in s["queries"]]
+    return report
+
+
+def hf_constrained_preds(path: Path, messages: list[list[dict]], labels: list[str], batch_size: int = 16) -> list[int]:
+    """Greedy decoding restricted to the label strings (+ end of turn) by transformers' `prefix_allowed_tokens_fn`:
+    the same decision vLLM's structured-outputs choice makes, for checkpoints vLLM cannot load (bitsandbytes).
+    Per-label log-likelihood (`offramp eval`'s local mode) would cost 77 forward passes a query here."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map="cpu").eval()
+    end = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
+    seqs = [tuple(tok(label, add_special_tokens=False).input_ids) + (end,) for label in labels]
+    trie: dict[tuple, set[int]] = {}
+    for seq in seqs:
+        for i in range(len(seq)):
+            trie.setdefault(seq[:i], set()).add(seq[i])
+    pad = tok.pad_token_id if tok.pad_token_id is not None else end
+    preds = []
+    for start in range(0, len(messages), batch_size):
+        chunk = messages[start : start + batch_size]
+        prompts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in chunk]
+        batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        n = batch.input_ids.shape[1]
+
+        def allowed(_row: int, ids: torch.Tensor, n: int = n) -> list[int]:
+            return sorted(trie.get(tuple(ids[n:].tolist()), {pad}))
+
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=max(map(len, seqs)), do_sample=False, eos_token_id=end,
+                                 pad_token_id=pad, prefix_allowed_tokens_fn=allowed)  # fmt: skip
+        for row in out[:, n:].tolist():
+            got = tuple(row[: row.index(end) + 1]) if end in row else tuple(row)
+            preds.append(seqs.index(got) if got in seqs else INVALID)
+    return preds
+
+
+def score_in_process(found: dict[str, dict], task_name: str, limit_per_label: int | None, out: Path) -> dict:
+    """Score each checkpoint with `hf_constrained_preds` on the eval task's queries; a small eval-like report."""
+    task = load_task(task_name, per_label=limit_per_label or None)
+    gold = [task.labels.index(q.label) for q in task.queries]
+    systems, preds = [], {}
+    for name, c in found.items():
+        t = time.monotonic()
+        preds[name] = hf_constrained_preds(c["path"], [q.messages for q in task.queries], task.labels)
+        scored = score(gold, preds[name], len(task.labels))
+        system = {"name": name, "modes": {"constrained": scored}, "wall_s": round(time.monotonic() - t, 1)}
+        system["preds"] = [task.labels[i] if i != INVALID else None for i in preds[name]]
+        systems.append(system)
+        print(f"{name}: {scored['accuracy']}", flush=True)
+    report = {"n_queries": len(gold), "gold": [q.label for q in task.queries], "systems": systems}
+    write_json(out / "hf_scores.json", report)
+    return report
+
+
+REFERENCE = {"vllm": "bf16", "hf": "bf16-hf"}  # the unquantized model's name under each scorer
+SCORERS = {
+    "vllm": "served by vLLM, constrained decoding (structured outputs: choice)",
+    "hf": "transformers generate in-process (float32 CPU; bnb's own compute dtype), greedy, constrained to the labels",
+}
 
 
 def main() -> None:
@@ -64,47 +158,62 @@ def main() -> None:
     ap.add_argument("--n-calib", type=int, default=128)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--out", type=Path, default=Path("runs/quantize-task-accuracy"))
+    ap.add_argument("--reuse", action="store_true", help="reuse the served scores already in OUT/eval")
     a = ap.parse_args()
     t0 = time.monotonic()
     found = checkpoints(a.merged.resolve(), [m for m in a.methods.split(",") if m], a.out, a.calib, a.n_calib)
-    servers = []
-    try:
-        for name, c in found.items():  # all up together: their start-ups overlap
-            servers.append(VllmServer(c["path"], served_model_name=name, max_model_len=2048))
-            servers[-1].start()
-        systems = [f"--system={s.model_name}={s.api_base}+model={s.model_name}+answers=constrained" for s in servers]
-        task = [a.task, "--limit-per-label", str(a.limit_per_label)] if a.limit_per_label else [a.task]
-        offramp("eval", "--task", *task, *systems, "--concurrency", str(a.concurrency), "--out", str(a.out / "eval"))
-    finally:
-        for s in servers:
-            s.stop()
-    report = json.loads((a.out / "eval" / "eval_report.json").read_text())
-    acc = {s["name"]: s["accuracy"] for s in report["systems"] if s.get("mode") == "constrained"}
+    task = [a.task, "--limit-per-label", str(a.limit_per_label)] if a.limit_per_label else [a.task]
+    acc, diff, reports = {}, {}, {}
+    for scorer in ("vllm", "hf"):
+        group = {n: c for n, c in found.items() if c["scorer"] == scorer}
+        if not group:
+            continue
+        out = a.out / ("eval" if scorer == "vllm" else "eval-hf")
+        t = time.monotonic()
+        if scorer == "vllm" and a.reuse and (out / "eval_report.json").is_file():
+            reports[scorer] = served_report(out)
+        elif scorer == "vllm":
+            reports[scorer] = score_served(group, task, a.concurrency, out)
+        else:
+            reports[scorer] = score_in_process(group, a.task, a.limit_per_label, out)
+        reused = scorer == "vllm" and a.reuse
+        reports[scorer]["scoring_wall_s"] = None if reused else round(time.monotonic() - t, 1)  # None: scored before
+        acc |= {s["name"]: s["modes"]["constrained"]["accuracy"] for s in reports[scorer]["systems"]}
+        preds = {s["name"]: s["preds"] for s in reports[scorer]["systems"]}
+        gold = reports[scorer]["gold"]
+        diff |= {n: paired_difference(gold, p, preds[REFERENCE[scorer]]) for n, p in preds.items()}
     rows = []
     for name, c in found.items():
-        row = {"system": name, "method": c["method"], "checkpoint": str(c["path"]), "accuracy": acc[name]}
+        reference = REFERENCE[c["scorer"]]
+        row = {"system": name, "method": c["method"], "checkpoint": str(c["path"]), "scored_by": SCORERS[c["scorer"]]}
+        row["accuracy"] = acc[name]
         if c["emulated"]:
             row["emulated"] = "dense copy of the GPTQ weights (offramp quantize emulate): this host's vLLM has no W4A16"
-        if name != "bf16":
-            row["change_points"] = round(acc[name]["value"] - acc["bf16"]["value"], 2)
+        if c["method"]:
+            row["reference"] = reference
+            row["change_points"] = round(acc[name]["value"] - acc[reference]["value"], 2)
+            row["change_paired_95ci"] = {k: diff[name][k] for k in ("ci_low", "ci_high")}
             row["quantize_report"] = json.loads((a.out / name / "quantize_report.json").read_text())
         rows.append(row)
+    n_queries = {r["n_queries"] for r in reports.values()}
+    assert len(n_queries) == 1, n_queries
     write_json(
         a.out / "task_accuracy.json",
         {
-            "what": "Banking77 accuracy (constrained answers, served by vLLM) of quantized vs unquantized tuned model",
+            "what": "Banking77 accuracy (constrained answers), quantized vs unquantized tuned model, one scorer a pair",
             "source": "measured",
             "created_at": now_iso(),
             "hardware": hardware_info(),
             "merged_model": str(a.merged.resolve()),
-            "n_queries": report["n_queries"],
+            "n_queries": n_queries.pop(),
+            "scoring_wall_s": {k: r["scoring_wall_s"] for k, r in reports.items()},
             "rows": rows,
             "wall_s": round(time.monotonic() - t0, 1),
         },
     )
     for r in rows:
         print(f"{r['system']:<16} {r['accuracy']['value']:5.1f} [{r['accuracy']['ci_low']:.1f}, "
-              f"{r['accuracy']['ci_high']:.1f}]  {r.get('change_points', 0):+.1f}")  # fmt: skip
+              f"{r['accuracy']['ci_high']:.1f}]  {r.get('change_points', 0):+.1f} {r.get('change_paired_95ci', '')}")  # noqa: E501  # fmt: skip
 
 
 if __name__ == "__main__":
