@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from offramp.artifacts import LoadPoint
 from offramp.cost.breakeven import break_even
-from offramp.cost.model import SECONDS_PER_MONTH, api_cost, capacity_from_point, self_hosted_cost
+from offramp.cost.model import HOURS_PER_MONTH, SECONDS_PER_MONTH, api_cost, capacity_from_point, self_hosted_cost
 from offramp.cost.prices import ApiPrice
 from offramp.cost.workload import Workload
 
@@ -124,3 +124,19 @@ def test_break_even_is_the_first_crossing(w, p, cap, hourly, deployment, fixed):
     steps = [n * per_replica * (1 + 1e-9) for n in range(1, 50)]
     for v in [stable, stable * 1.001, stable * 3, *(s for s in steps if s >= stable)]:
         assert gap(v) <= 1e-9 * api.per_request_usd * v
+
+
+def test_any_traffic_pays_for_a_replica():
+    """Found by hypothesis in CI: a load of under 1e-9 of one replica fell inside the rounding tolerance and bought
+    zero replicas, so a tiny volume cost nothing always-on."""
+    p = LoadPoint(
+        completed=100, failed=0, duration_s=100.0, requests_per_s=1.0, input_tokens=10_000_000, output_tokens=1_000_000,
+        input_tokens_per_s=1e5, output_tokens_per_s=1e4, ttft_ms={"mean": 4.0}, tpot_ms={"mean": 1.0}, itl_ms={},
+        meets_slo=True,
+    )  # fmt: skip
+    cap = capacity_from_point(p, None)
+    w = Workload(requests_per_month=1.0, input_tokens=10, output_tokens=1)
+    assert w.requests_per_month / SECONDS_PER_MONTH / cap.requests_per_s(w) < 1e-9  # the case that broke
+    cost = self_hosted_cost(w, cap, 2.0)
+    assert cost.replicas == 1 and cost.monthly_usd == pytest.approx(2.0 * HOURS_PER_MONTH)
+    assert self_hosted_cost(w.with_volume(0), cap, 2.0).replicas == 0

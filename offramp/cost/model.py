@@ -163,7 +163,8 @@ def self_hosted_cost(
     r = w.requests_per_month
     cap_rps = cap.requests_per_s(w)
     peak_rps = r / SECONDS_PER_MONTH * w.peak_to_average
-    replicas = math.ceil(peak_rps / cap_rps - 1e-9) if r > 0 else 0
+    # the tolerance keeps float noise (2.0000000001) from buying a third replica; any traffic still needs one
+    replicas = max(1, math.ceil(peak_rps / cap_rps - 1e-9)) if r > 0 else 0
     busy = r * cap.seconds_per_request(w) / 3600
     paid = replicas * HOURS_PER_MONTH
     if deployment == "scale-to-zero":
