@@ -35,6 +35,12 @@ from offramp.hardware import hardware_info
 from offramp.paths import write_json
 from offramp.reports import now_iso
 
+REFERENCE = {"vllm": "bf16", "hf": "bf16-hf"}  # the unquantized model's name under each scorer
+SCORERS = {
+    "vllm": "served by vLLM, constrained decoding (structured outputs: choice)",
+    "hf": "transformers generate in-process (float32 CPU; bnb's own compute dtype), greedy, constrained to the labels",
+}
+
 
 def offramp(*args: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "offramp", *args])
@@ -93,16 +99,14 @@ def hf_constrained_preds(path: Path, messages: list[list[dict]], labels: list[st
     the same decision vLLM's structured-outputs choice makes, for checkpoints vLLM cannot load (bitsandbytes).
     Per-label log-likelihood (`offramp eval`'s local mode) would cost 77 forward passes a query here."""
     import torch
+    from offramp.finetune.scoring import LabelTrie, label_token_ids
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map="cpu").eval()
-    end = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
-    seqs = [tuple(tok(label, add_special_tokens=False).input_ids) + (end,) for label in labels]
-    trie: dict[tuple, set[int]] = {}
-    for seq in seqs:
-        for i in range(len(seq)):
-            trie.setdefault(seq[:i], set()).add(seq[i])
+    seqs = label_token_ids(tok, labels)  # each label then the end-of-turn token
+    trie = LabelTrie.build(seqs)
+    end = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else end
     preds = []
     for start in range(0, len(messages), batch_size):
@@ -112,14 +116,14 @@ def hf_constrained_preds(path: Path, messages: list[list[dict]], labels: list[st
         n = batch.input_ids.shape[1]
 
         def allowed(_row: int, ids: torch.Tensor, n: int = n) -> list[int]:
-            return sorted(trie.get(tuple(ids[n:].tolist()), {pad}))
+            return sorted(trie.children.get(tuple(ids[n:].tolist()), {pad}))
 
         with torch.no_grad():
             out = model.generate(**batch, max_new_tokens=max(map(len, seqs)), do_sample=False, eos_token_id=end,
                                  pad_token_id=pad, prefix_allowed_tokens_fn=allowed)  # fmt: skip
         for row in out[:, n:].tolist():
             got = tuple(row[: row.index(end) + 1]) if end in row else tuple(row)
-            preds.append(seqs.index(got) if got in seqs else INVALID)
+            preds.append(trie.leaves.get(got, INVALID))
     return preds
 
 
@@ -139,13 +143,6 @@ def score_in_process(found: dict[str, dict], task_name: str, limit_per_label: in
     report = {"n_queries": len(gold), "gold": [q.label for q in task.queries], "systems": systems}
     write_json(out / "hf_scores.json", report)
     return report
-
-
-REFERENCE = {"vllm": "bf16", "hf": "bf16-hf"}  # the unquantized model's name under each scorer
-SCORERS = {
-    "vllm": "served by vLLM, constrained decoding (structured outputs: choice)",
-    "hf": "transformers generate in-process (float32 CPU; bnb's own compute dtype), greedy, constrained to the labels",
-}
 
 
 def main() -> None:
@@ -170,13 +167,13 @@ def main() -> None:
             continue
         out = a.out / ("eval" if scorer == "vllm" else "eval-hf")
         t = time.monotonic()
-        if scorer == "vllm" and a.reuse and (out / "eval_report.json").is_file():
+        reused = scorer == "vllm" and a.reuse and (out / "eval_report.json").is_file()
+        if reused:
             reports[scorer] = served_report(out)
         elif scorer == "vllm":
             reports[scorer] = score_served(group, task, a.concurrency, out)
         else:
             reports[scorer] = score_in_process(group, a.task, a.limit_per_label, out)
-        reused = scorer == "vllm" and a.reuse
         reports[scorer]["scoring_wall_s"] = None if reused else round(time.monotonic() - t, 1)  # None: scored before
         acc |= {s["name"]: s["modes"]["constrained"]["accuracy"] for s in reports[scorer]["systems"]}
         preds = {s["name"]: s["preds"] for s in reports[scorer]["systems"]}
