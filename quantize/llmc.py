@@ -1,6 +1,6 @@
 """INT8 W8A8 through llm-compressor (runs in the llmc env); compressed-tensors checkpoint.
 
-w8a8-int8: SmoothQuant + GPTQ, calibrated on the task's prompts (accurate, slow on CPU: 47 min for SmolLM2 here).
+w8a8-int8: SmoothQuant + GPTQ, calibrated on the task's prompts (accurate, slow on CPU: 7 min for SmolLM2 on 2 cores).
 w8a8-int8-rtn: round-to-nearest per-channel weights and dynamic per-token activations; no calibration data, so
 oneshot takes its data-free pipeline (seconds), which makes it the pipeline's default. Both keep down_proj in bf16:
 SmolLM2's MLP intermediate activations have outlier channels that per-token INT8 cannot hold (measured here: with
