@@ -2,7 +2,8 @@
 
 lm-eval's TemplateAPI retries every failure (a 400 as well as a 429) with a fixed policy, keeps no reply cache
 across runs, and drops the `usage` block. `CachedChatCompletions` subclasses its `LocalChatCompletion` and
-overrides only `model_call`: a disk cache keyed by base URL + the exact request payload (model, messages, params),
+overrides only `model_call`: a disk cache keyed by base URL + the exact request payload (model, messages, params;
+paid APIs only, see `EndpointSystem.answers_cacheable`),
 retries with exponential backoff on 429 / 5xx / connection errors only (honouring Retry-After), a clear error
 on anything else, and a ledger of tokens and latency per request. lm-eval's own retry wrapper is set to one
 attempt so the two policies do not multiply.

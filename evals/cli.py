@@ -47,7 +47,10 @@ def eval_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="seed of the query subset and the bootstrap")] = 0,
     cache_dir: Annotated[
-        Path | None, typer.Option("--cache", help="API reply cache (default: $OFFRAMP_HOME/api-cache)")
+        Path | None,
+        typer.Option(
+            "--cache", help="paid APIs' reply cache (default: $OFFRAMP_HOME/api-cache); URL endpoints are never cached"
+        ),
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="neither read nor write the API reply cache")] = False,
     batch_size: Annotated[int, typer.Option(help="batch size of local models")] = 8,

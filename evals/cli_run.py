@@ -43,7 +43,10 @@ def run_eval(
         if isinstance(s, LocalSystem):
             answers[s.name] = run_local(s, task, batch_size=batch_size)
         elif isinstance(s, EndpointSystem):
-            answers[s.name] = run_endpoint(s, task, cache=cache, max_attempts=max_attempts, concurrency=concurrency)
+            endpoint_cache = cache if s.answers_cacheable else None
+            answers[s.name] = run_endpoint(
+                s, task, cache=endpoint_cache, max_attempts=max_attempts, concurrency=concurrency
+            )
     body = build_body(task, systems, answers, gate=gate, candidate=candidate, baseline=baseline, seed=seed)
     # the contract later stages read: check it before anything is written
     EvalReport.model_validate({"stage": "eval", "created_at": now_iso(), "hardware": hardware_info(), **body})

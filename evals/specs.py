@@ -51,6 +51,13 @@ class EndpointSystem:
     def api_key(self) -> str | None:
         return os.environ.get(self.key_env) if self.key_env else None
 
+    @property
+    def answers_cacheable(self) -> bool:
+        """Only a paid API's answers are cached. A URL endpoint (a vLLM server offramp or the user runs) answers
+        with whatever it serves now: retrained and served again under the same name on the same port, its old
+        answers would come back from a cache keyed by URL + payload as if measured anew."""
+        return self.provider in PROVIDERS
+
 
 @dataclass(frozen=True)
 class CitedSystem:

@@ -151,6 +151,25 @@ def test_tiny_model_and_adapter_vs_paid_api(cli, tiny_model, tiny_lora, mini, tm
             assert got == (want if key == "label" else pytest.approx(want, abs=1e-4))
 
 
+def test_a_model_served_again_under_the_same_name_gets_fresh_answers(cli, mini, tmp_path):
+    """A URL endpoint answers with whatever it serves now: retrained and served again as `tuned` on the same port,
+    re-evaluating it with the same cache must measure the new model, not return the old answers as cache hits."""
+    task, gold = mini
+    cache = tmp_path / "cache"
+    with FakeOpenAI(wrong_for(gold, 6), model="tuned") as served:
+        args = ["eval", "--task", str(task), "--system", f"tuned={served.url}+model=tuned", "--cache", str(cache)]
+        res = cli(*args, "--out", str(tmp_path / "before"))
+        assert res.returncode == 0, res.stderr[-3000:]
+        before = eval_system(eval_report(tmp_path / "before"), "tuned")
+        assert before["accuracy"]["value"] == pytest.approx(50.0)
+        served.answers, asked = dict(gold), served.completions  # "retrained": now every answer is right
+        res = cli(*args, "--out", str(tmp_path / "after"))
+        assert res.returncode == 0, res.stderr[-3000:]
+        after = eval_system(eval_report(tmp_path / "after"), "tuned")
+        assert served.completions == 2 * asked  # every query asked again
+    assert after["usage"]["cache_hits"] == 0 and after["accuracy"]["value"] == pytest.approx(100.0)
+
+
 def test_builtin_banking77_vs_cited_score(cli, tmp_path):
     """`--task banking77`: an API (fake, 70 of 77 right) judged against GPT-4's published score."""
     gold = {q.messages[-1]["content"]: q.label for q in load_task("banking77", per_label=1).queries}
