@@ -32,6 +32,8 @@ def test_gpu_example_config_is_valid():
         ("cascade:\n  target: accuracy>>1\n", "cascade.target: Value error, malformed target"),
         ("cascade:\n  max_escalation: 1.5\n", "cascade.max_escalation: Input should be less than or equal to 1"),
         ("model: [unclosed\n", "not valid YAML"),
+        ("name: ../../x\n", "name: Value error, must be one path component"),
+        ("name: a/b\n", "name: Value error, must be one path component"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, yaml_text, message):
@@ -88,6 +90,32 @@ def test_failed_stage_leaves_no_cache_entry_and_resumes(tmp_path):
     results = Runner(tmp_path).execute(_counting_stages(calls))
     assert calls == ["finetune", "eval"]
     assert not (results[2].workdir / "half-written").exists()
+
+
+def test_any_exception_in_a_stage_is_reported_and_later_stages_still_run(tmp_path):
+    def broken(w, up):
+        raise KeyError("escalation_share")  # e.g. a report missing a key
+
+    def fine(w, up):
+        (w / "out.json").write_text("{}")
+
+    stages = [Stage("cascade", {}, broken, optional=True), Stage("after", {}, fine)]
+    results = Runner(tmp_path).execute(stages)
+    assert [r.status for r in results] == ["failed", "done"]
+    assert results[0].error == "KeyError: 'escalation_share'"
+
+
+def test_an_invalid_stage_report_is_named_not_dropped(tmp_path):
+    from offramp.pipeline import report
+    from offramp.pipeline.runner import StageResult
+
+    (tmp_path / "eval_report.json").write_text(json.dumps({"stage": "eval", "systems": "not a list"}))
+    rep = report.collect(PipelineConfig().model_dump(), [StageResult("eval", "done", 1.0, tmp_path)])
+    assert rep["verdict"]["verdict"] == "INCOMPLETE"
+    assert (
+        str(tmp_path / "eval_report.json") in rep["verdict"]["reason"]
+        and "not a valid eval report" in rep["verdict"]["reason"]
+    )
 
 
 def test_report_renders_with_partial_results(tmp_path):
@@ -159,7 +187,7 @@ def _quantize_outcome(root, method: str, servable: bool) -> dict:
 def _quantize_stage_dir(tmp_path, monkeypatch):
     from offramp.pipeline import stages
 
-    monkeypatch.setattr(stages, "_has_cuda", lambda: False)
+    monkeypatch.setattr(stages, "has_cuda", lambda: False)
     q = tmp_path / "quantize"
     outcomes = [
         _quantize_outcome(q, "w8a8-int8-rtn", True),
@@ -207,3 +235,131 @@ def test_eval_settings_reach_the_eval_command_and_its_cache_key():
     default, key = eval_stage()
     assert default.config["eval"] == {"concurrency": 16, "base_answers": "constrained"}
     assert len({key, eval_stage(concurrency=4)[1], eval_stage(base_answers="both")[1]}) == 3
+
+
+def _keys(cfg: PipelineConfig) -> dict[str, str]:
+    from offramp.pipeline.runner import stage_key
+
+    keys: dict[str, str] = {}
+    for st in build_stages(cfg):  # chained as the runner does: a key covers its upstream keys
+        keys[st.name] = stage_key(st, {n: keys[n] for n in st.needs})
+    return keys
+
+
+ALL = {"pull", "data", "finetune", "quantize", "eval", "bench", "breakeven", "cascade"}
+AFTER_FINETUNE = {"finetune", "quantize", "eval", "bench", "breakeven", "cascade"}
+AFTER_EVAL = {"eval", "bench", "breakeven", "cascade"}
+
+
+# Each config field, a changed value, and the stages that must run again: those whose command the field reaches,
+# and everything after them. Written from what each `offramp <stage>` command takes, not from build_stages.
+RERUNS = [
+    ("model", "HuggingFaceTB/SmolLM2-360M-Instruct", ALL - {"data"}),  # `data prepare` takes no model
+    ("task.source", "snips", ALL - {"pull"}),
+    ("task.train_per_label", 10, ALL - {"pull"}),
+    ("task.seed", 1, ALL - {"pull"}),
+    ("finetune.recipe", "full", AFTER_FINETUNE),
+    ("finetune.args", ["--rank", "32"], AFTER_FINETUNE),
+    ("quantize.n_heldout", 8, {"quantize", *AFTER_EVAL}),
+    ("quantize.args", ["--n-calib", "16"], {"quantize", *AFTER_EVAL}),
+    ("gate", "accuracy>=baseline-1", AFTER_EVAL),
+    ("eval.concurrency", 4, AFTER_EVAL),
+    ("serve.num_prompts", 8, AFTER_EVAL),  # the eval stage benchmarks its own server
+    ("serve.args", ["--max-model-len", "1024"], AFTER_EVAL),
+    # the fine-tune report carries its run cost at the host's price; eval and bench price the throughput
+    ("cost.host", "aws-c7i-2xlarge", AFTER_FINETUNE),
+    ("cost.host_price_per_hour", 0.5, AFTER_FINETUNE),
+    ("cost.requests_per_month", 5_000_000, {"breakeven", "cascade"}),
+    ("cost.peak_to_average", 2.0, {"breakeven", "cascade"}),
+    ("cost.api_model", "gpt-4.1-mini", {"breakeven", "cascade"}),
+    ("cost.args", ["--eng-hours", "40"], {"breakeven", "cascade"}),
+    ("cascade.max_escalation", 0.2, {"cascade"}),
+    ("name", "other", set()),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), RERUNS, ids=[r[0] for r in RERUNS])
+def test_changing_a_config_field_reruns_exactly_the_stages_that_read_it(field, value, expected, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    base = {"quantize": {"methods": ["w8a8-int8-rtn"]}}
+    changed = json.loads(json.dumps(base))
+    *parents, leaf = field.split(".")
+    node = changed
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+    before, after = _keys(PipelineConfig.model_validate(base)), _keys(PipelineConfig.model_validate(changed))
+    assert set(before) == ALL
+    assert {name for name in before if before[name] != after.get(name)} == expected
+
+
+def test_a_baseline_falls_back_only_without_its_key_and_the_eval_key_follows(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cited = _keys(PipelineConfig())
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    live = _keys(PipelineConfig())
+    assert {name for name in cited if cited[name] != live[name]} == {"eval", "bench", "breakeven", "cascade"}
+
+
+def test_a_file_edited_in_place_reruns_what_reads_it(tmp_path):
+    csv = tmp_path / "tickets.csv"
+    csv.write_text("text,label\nhello,greet\nbye,leave\n")
+    cfg = PipelineConfig.model_validate({"task": {"source": str(csv)}})
+    before = _keys(cfg)
+    csv.write_text("text,label\nhello,greet\nbye,farewell\n")
+    after = _keys(cfg)
+    assert before["pull"] == after["pull"] and before["data"] != after["data"]
+
+
+def test_a_stage_cannot_read_a_field_it_does_not_declare():
+    from offramp.pipeline.inputs import ConfigView, UndeclaredInput
+
+    view = ConfigView(PipelineConfig(), ["task", "cost.host"])
+    assert view.task.source == "banking77" and view.cost.host == "aws-c7i-xlarge"
+    for read in (lambda: view.cost.requests_per_month, lambda: view.model, lambda: view.finetune.recipe):
+        with pytest.raises(UndeclaredInput, match="does not declare"):
+            read()
+    assert set(view.values()) == {"task", "cost.host"}
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_offramp_run_end_to_end_on_the_tiny_model(cli, tiny_model, tmp_path, monkeypatch):
+    """Every stage of `offramp run` for real (fine-tune, quantize, vLLM eval + bench, break-even, cascade) on the
+    tiny random Llama; a re-run is all cache hits, and a cost field re-runs only the stages that read it."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    config = {
+        "name": "tiny-e2e",
+        "model": str(tiny_model),
+        "task": {"source": "banking77", "train_per_label": 2, "test_per_label": 1},
+        "finetune": {"args": ["--max-steps", "8", "--batch-size", "4", "--grad-accum", "1"]},
+        "quantize": {"methods": ["w8a8-int8-rtn"], "n_heldout": 4},
+        "serve": {"concurrency": [1], "num_prompts": 4, "args": ["--max-model-len", "1024"]},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+
+    def run() -> dict:
+        res = cli("run", str(path), "--runs-dir", str(tmp_path / "runs"), timeout=1800)
+        assert res.returncode == 0, res.stderr[-4000:]
+        report = json.loads((tmp_path / "runs" / "tiny-e2e" / "report.json").read_text())
+        return {s["name"]: s["status"] for s in report["stages"]} | {"_report": report}
+
+    first = run()
+    report = first.pop("_report")
+    assert first == dict.fromkeys(["pull", "data", "finetune", "quantize", "eval", "bench", "breakeven", "cascade"],
+                                  "done")  # fmt: skip
+    assert report["eval"]["n_queries"] == 77 and report["verdict"]["verdict"] in ("GO", "NO-GO")
+    systems = {s["name"] for s in report["eval"]["systems"]}
+    assert {"base", "tuned", "tuned-w8a8-int8-rtn", "gpt-4o-mini"} <= systems
+    assert report["bench"] and report["breakeven"] and report["cascade"]
+
+    again = run()
+    again.pop("_report")
+    assert set(again.values()) == {"cached"}
+
+    path.write_text(json.dumps({**config, "cost": {"requests_per_month": 3_000_000}}))
+    changed = run()
+    changed.pop("_report")
+    assert {name for name, status in changed.items() if status == "done"} == {"breakeven", "cascade"}
+    assert {name for name, status in changed.items() if status != "done"} == set(ALL) - {"breakeven", "cascade"}

@@ -31,8 +31,11 @@ def run(
         cfg.name += "-full"
     run_dir = runs_dir / cfg.name
     results = Runner(run_dir).execute(build_stages(cfg))
-    out = report.write(run_dir, report.collect(cfg.model_dump(), results))
+    collected = report.collect(cfg.model_dump(), results)
+    out = report.write(run_dir, collected)
     console.print(f"report: {out}")
     bad = [r for r in results if r.status == "failed"]
     if bad:
         raise OfframpError(f"stage {bad[0].name} failed: {bad[0].error} (finished stages kept; report: {out})")
+    if problems := collected["problems"]:
+        raise OfframpError(f"{problems[0]} (report: {out})")

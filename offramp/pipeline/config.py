@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -101,6 +102,14 @@ class PipelineConfig(_Strict):
     serve: ServeConfig = ServeConfig()
     cost: CostConfig = CostConfig()
     cascade: CascadeConfig = CascadeConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_one_path_component(cls, v: str) -> str:
+        # the run's directory is runs_dir/<name>: "../../x" would write outside it
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", v):
+            raise ValueError(f"must be one path component of letters, digits, '.', '_' or '-' (got {v!r})")
+        return v
 
     @field_validator("gate")
     @classmethod

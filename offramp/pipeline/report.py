@@ -20,29 +20,45 @@ from offramp.pipeline.runner import StageResult
 from offramp.reports import now_iso
 
 
-def _maybe(path: Path | None, kind: str | None = None) -> Any:
+def _maybe(path: Path | None, kind: str | None = None, problems: list[str] | None = None) -> Any:
+    """A stage's report, or None where the stage wrote none. One that is there but broken or invalid is a problem
+    (file and field named), never silently nothing."""
     if path is None or not path.is_file():
         return None
     try:
         return load_report(path, kind).model_dump() if kind else read_json(path)
-    except (OfframpError, ValueError):
-        return None
+    except ValueError as e:
+        if problems is None:
+            raise OfframpError(f"{path}: not valid JSON ({e})") from None
+        problems.append(f"{path}: not valid JSON ({e})")
+    except OfframpError as e:
+        if problems is None:
+            raise
+        problems.append(str(e))
+    return None
 
 
 def collect(cfg: dict, results: list[StageResult]) -> dict:
     dirs = {r.name: r.workdir for r in results if r.status in ("done", "cached")}
-    ev = _maybe(dirs["eval"] / "eval_report.json", "eval") if "eval" in dirs else None
-    bench = _maybe(dirs["bench"] / "bench_report.json", "bench") if "bench" in dirs else None
-    be = _maybe(dirs["breakeven"] / "breakeven_report.json") if "breakeven" in dirs else None
-    ft = _maybe(dirs["finetune"] / "ft" / "finetune_report.json") if "finetune" in dirs else None
-    cascade = _maybe(dirs["cascade"] / "cascade" / "cascade_report.json") if "cascade" in dirs else None
-    cascade_cost = _maybe(dirs["cascade"] / "breakeven" / "breakeven_report.json") if "cascade" in dirs else None
-    failed = [r for r in results if r.status in ("failed", "skipped", "missing")]
+    problems: list[str] = []
+
+    def report(stage: str, file: str, kind: str | None = None) -> Any:
+        return _maybe(dirs[stage] / file, kind, problems) if stage in dirs else None
+
+    ev = report("eval", "eval_report.json", "eval")
+    bench = report("bench", "bench_report.json", "bench")
+    be = report("breakeven", "breakeven_report.json")
+    ft = report("finetune", "ft/finetune_report.json")
+    cascade = report("cascade", "cascade/cascade_report.json")
+    cascade_cost = report("cascade", "breakeven/breakeven_report.json")
+    quantized = quantized_candidates(dirs, ev, problems)
+    failed = [r for r in results if r.status in ("failed", "skipped")]
     return {
         "created_at": now_iso(),
         "hardware": hardware_summary(),
         "config": cfg,
-        "verdict": verdict(ev, be, failed),
+        "verdict": verdict(ev, be, failed, problems),
+        "problems": problems,
         "stages": [
             {
                 "name": r.name,
@@ -61,11 +77,11 @@ def collect(cfg: dict, results: list[StageResult]) -> dict:
         "cascade_cost": (cascade_cost or {}).get("cascade"),
         "cascade_plot": str(dirs["cascade"] / "cascade" / "cascade.png") if cascade else None,
         "breakeven_plot": str(dirs["breakeven"] / "breakeven.png") if "breakeven" in dirs else None,
-        "quantized": quantized_candidates(dirs, ev),
+        "quantized": quantized,
     }
 
 
-def quantized_candidates(dirs: dict[str, Path], ev: dict | None) -> list[dict]:
+def quantized_candidates(dirs: dict[str, Path], ev: dict | None, problems: list[str]) -> list[dict]:
     """Each quantize method: its size / perplexity change (quantize_report.json) beside its task accuracy."""
     from offramp.pipeline.stages import QUANTIZED, quantized_systems
 
@@ -82,7 +98,7 @@ def quantized_candidates(dirs: dict[str, Path], ev: dict | None) -> list[dict]:
         by_name.setdefault(s["name"], []).append(s)
     rows = []
     for q in systems:
-        rep = _maybe(Path(q["checkpoint"]) / "quantize_report.json") if q.get("checkpoint") else None
+        rep = _maybe(Path(q["checkpoint"]) / "quantize_report.json", problems=problems) if q.get("checkpoint") else None
         keep = ("size_ratio", "linear_compression", "perplexity_change_pct", "quantize_time_s", "hardware")
         rows.append(
             {
@@ -94,7 +110,9 @@ def quantized_candidates(dirs: dict[str, Path], ev: dict | None) -> list[dict]:
     return rows
 
 
-def verdict(ev: dict | None, be: dict | None, failed: list[StageResult]) -> dict:
+def verdict(ev: dict | None, be: dict | None, failed: list[StageResult], problems: list[str]) -> dict:
+    if problems:
+        return {"verdict": "INCOMPLETE", "reason": f"unreadable stage reports: {'; '.join(problems)}"}
     if be and isinstance(be.get("decision"), dict):
         d = be["decision"]
         return {"verdict": d.get("verdict", "?"), "reason": "; ".join(d.get("reasons") or []) or d.get("reason", "")}

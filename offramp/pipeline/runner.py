@@ -23,7 +23,6 @@ from pathlib import Path
 from rich.console import Console
 
 from offramp.paths import read_json, write_json
-from offramp.placeholder import UNBUILT
 
 console = Console(stderr=True)
 DONE = ".done"
@@ -32,17 +31,16 @@ DONE = ".done"
 @dataclass
 class Stage:
     name: str
-    config: dict  # everything that changes the stage's result
+    config: dict  # everything that changes the stage's result (pipeline/inputs.py derives it from what it reads)
     run: Callable[[Path, dict[str, Path]], None]  # (work dir, upstream work dirs by name)
     needs: list[str] = field(default_factory=list)
     optional: bool = False  # a failure is recorded but later stages still run
-    commands: tuple[str, ...] = ()  # offramp commands it uses; a stage whose command is not built is skipped
 
 
 @dataclass
 class StageResult:
     name: str
-    status: str  # done | cached | failed | skipped | missing
+    status: str  # done | cached | failed | skipped
     seconds: float = 0.0
     workdir: Path | None = None
     error: str | None = None
@@ -54,7 +52,9 @@ def stage_key(stage: Stage, upstream: dict[str, str]) -> str:
 
 
 class StageFailed(Exception):
-    pass
+    def __init__(self, message: str, returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.returncode = returncode  # the failed command's exit code (2: not supported on this host)
 
 
 def offramp_cmd(*args: str, cwd: Path | None = None, log: Path | None = None) -> None:
@@ -71,7 +71,7 @@ def offramp_cmd(*args: str, cwd: Path | None = None, log: Path | None = None) ->
             tail = (tail + [line.rstrip()])[-5:]
         if proc.wait() != 0:
             last = next((t for t in reversed(tail) if t.strip()), "(no output)")
-            raise StageFailed(f"offramp {args[0]} exited {proc.returncode}: {last}")
+            raise StageFailed(f"offramp {args[0]} exited {proc.returncode}: {last}", proc.returncode)
 
 
 class Runner:
@@ -94,11 +94,6 @@ class Runner:
             remaining = sum(previous.get(s.name, 0) for s in stages[i - 1 :])
             eta = f", ETA ~{remaining / 60:.0f} min (last run)" if remaining else ""
             console.rule(f"[bold]{i}/{len(stages)} {stage.name}[/]{eta}")
-            if unbuilt := [c for c in stage.commands if c in UNBUILT]:
-                self.results.append(StageResult(stage.name, "missing", error=f"'offramp {unbuilt[0]}' not built yet"))
-                failed.add(stage.name)
-                console.print(f"  [yellow]missing[/]: 'offramp {unbuilt[0]}' is not built yet")
-                continue
             if blocked := [n for n in stage.needs if n in failed or n not in dirs]:
                 self.results.append(StageResult(stage.name, "skipped", error=f"needs {', '.join(blocked)}"))
                 failed.add(stage.name)
@@ -117,11 +112,12 @@ class Runner:
             t0 = time.monotonic()
             try:
                 stage.run(workdir, {n: dirs[n] for n in stage.needs})
-            except (StageFailed, OSError) as e:
+            except Exception as e:  # any failure lands in the report with its reason, the run goes on where it can
                 secs = time.monotonic() - t0
-                self.results.append(StageResult(stage.name, "failed", secs, workdir, str(e)))
+                reason = str(e) if isinstance(e, StageFailed | OSError) else f"{type(e).__name__}: {e}"
+                self.results.append(StageResult(stage.name, "failed", secs, workdir, reason))
                 failed.add(stage.name)
-                console.print(f"  [red]failed[/] after {secs:.0f} s: {e}")
+                console.print(f"  [red]failed[/] after {secs:.0f} s: {reason}")
                 if not stage.optional:
                     break
                 continue

@@ -1,7 +1,12 @@
-"""The default pipeline's stages, each a thin wrapper over one `offramp <stage>` command."""
+"""The default pipeline's stages, each a thin wrapper over one `offramp <stage>` command.
+
+Each stage is a function `(inputs, work dir, upstream work dirs)`; `build_stages` declares what each one reads.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -9,16 +14,20 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import httpx
 
 from offramp.data import BUILTIN
+from offramp.errors import OfframpError
+from offramp.hardware import has_cuda
 from offramp.paths import read_json
 from offramp.pipeline.config import PipelineConfig
+from offramp.pipeline.inputs import ConfigView, Inputs
 from offramp.pipeline.runner import Stage, StageFailed, console, offramp_cmd, stop_process_group
-from offramp.placeholder import UNBUILT
 from offramp.store import KNOWN
 
 # Keys the pipeline understands for API baselines; a missing key switches to the baseline's fallback.
@@ -38,307 +47,249 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def build_stages(cfg: PipelineConfig) -> list[Stage]:
-    log = lambda w: w / "stage.log"  # noqa: E731
-    model = cfg.model
+Up = dict[str, Path]  # upstream stages' work dirs by name
 
-    def pull(w: Path, up: dict[str, Path]) -> None:
-        if model in KNOWN:
-            offramp_cmd("models", "pull", model, log=log(w))
 
-    def data(w: Path, up: dict[str, Path]) -> None:
-        t = cfg.task
-        args = [
-            "data",
-            "prepare",
-            t.source,
-            "--out",
-            str(w / "data"),
-            "--seed",
-            str(t.seed),
-            "--prompt-style",
-            t.prompt_style,
-        ]
-        if t.train_per_label:
-            args += ["--per-label", str(t.train_per_label)]
-        if t.test_per_label:
-            args += ["--test-per-label", str(t.test_per_label)]
-        offramp_cmd(*args, log=log(w))
+def _log(w: Path) -> Path:
+    return w / "stage.log"
 
-    def finetune(w: Path, up: dict[str, Path]) -> None:
-        f = cfg.finetune
-        offramp_cmd(
-            "finetune",
-            model,
-            "--data",
-            str(up["data"] / "data/train.jsonl"),
-            "--recipe",
-            f.recipe,
-            "--out",
-            str(w / "ft"),
-            *(["--merge"] if quantized else []),  # the merged checkpoint is what gets quantized and served
-            *_host_price_args(cfg),
-            *f.args,
-            log=log(w),
-        )
 
-    def quantize(w: Path, up: dict[str, Path]) -> None:
-        """Each method into w/<method>/; a method this host cannot run is noted, not fatal to the pipeline."""
-        src = str(up["finetune"] / "ft" / "merged") if "finetune" in up else model
-        q = cfg.quantize
-        outcomes = []
-        for method in q.methods:
-            out = w / method
-            try:
-                offramp_cmd(
-                    "quantize", src, "--method", method, "--calib", str(up["data"] / "data/train.jsonl"),
-                    "--n-heldout", str(q.n_heldout), "--out", str(out), *q.args, log=log(w),
-                )  # fmt: skip
-            except StageFailed as e:
-                status = "not-supported" if " exited 2:" in str(e) else "failed"
-                outcomes.append({"method": method, "status": status, "note": str(e)})
-                _note(log(w), f"quantize {method}: {status}: {e}")
-                continue
-            outcomes.append({"method": method, "status": "done", "checkpoint": str(out)})
-        (w / QUANTIZED).write_text(json.dumps({"source": src, "methods": outcomes}, indent=2))
+def _candidate(up: Up) -> str:
+    return "tuned" if "finetune" in up else "base"
 
-    @contextmanager
-    def served(w: Path, up: dict[str, Path]):
-        """`offramp serve` the base model (+ the tuned adapter) on a free loopback port; yields its base URL."""
-        with served_all(w, up, {}) as urls:
-            yield urls["base"]
 
-    @contextmanager
-    def served_all(w: Path, up: dict[str, Path], checkpoints: dict[str, str]):
-        """The base model (+ the tuned adapter) as `base`, and each checkpoint under its served name, each on its own
-        free loopback port; all start together (their start-ups overlap). Yields {name: base URL}."""
-        launches = {
-            "base": [model, *(["--adapter", f"tuned={up['finetune'] / 'ft' / 'adapter'}"] if "finetune" in up else [])]
-        }
-        launches |= {name: [path] for name, path in checkpoints.items()}
-        procs: dict[str, tuple[subprocess.Popen, int]] = {}
+def pull(i: Inputs, w: Path, up: Up) -> None:
+    if i.config.model in KNOWN:
+        offramp_cmd("models", "pull", i.config.model, log=_log(w))
+
+
+def data(i: Inputs, w: Path, up: Up) -> None:
+    t = i.config.task
+    args = ["data", "prepare", t.source, "--out", str(w / "data"), "--seed", str(t.seed)]
+    args += ["--prompt-style", t.prompt_style]
+    if t.train_per_label:
+        args += ["--per-label", str(t.train_per_label)]
+    if t.test_per_label:
+        args += ["--test-per-label", str(t.test_per_label)]
+    offramp_cmd(*args, log=_log(w))
+
+
+def finetune(i: Inputs, w: Path, up: Up) -> None:
+    f = i.config.finetune
+    offramp_cmd(
+        "finetune", i.config.model, "--data", str(up["data"] / "data/train.jsonl"), "--recipe", f.recipe,
+        "--out", str(w / "ft"),
+        *(["--merge"] if i.derived.get("merge") else []),  # the merged checkpoint is what gets quantized and served
+        *i.derived["host_price_args"], *f.args, log=_log(w),
+    )  # fmt: skip
+
+
+def quantize(i: Inputs, w: Path, up: Up) -> None:
+    """Each method into w/<method>/; a method this host cannot run is noted, not fatal to the pipeline."""
+    src = str(up["finetune"] / "ft" / "merged") if "finetune" in up else i.config.model
+    q = i.config.quantize
+    outcomes = []
+    for method in q.methods:
+        out = w / method
         try:
-            for name, target in launches.items():
-                port = _free_port()
-                args = [target[0], "--name", name, "--port", str(port), *target[1:], *cfg.serve.args]
-                console.print(f"  [dim]$ offramp serve {' '.join(args)}[/]")
-                with open(log(w), "a") as server_log:
-                    procs[name] = (
-                        subprocess.Popen(
-                            [sys.executable, "-m", "offramp", "serve", *args],
-                            stdout=server_log,
-                            stderr=subprocess.STDOUT,
-                            start_new_session=True,
-                        ),
-                        port,
-                    )
-            for proc, port in procs.values():
-                _wait_healthy(proc, port, log(w))
-            yield {name: f"http://127.0.0.1:{port}" for name, (_, port) in procs.items()}
-        finally:
-            for proc, _ in procs.values():
-                stop_process_group(proc)
-
-    def candidate(up: dict[str, Path]) -> str:
-        return "tuned" if "finetune" in up else "base"
-
-    def task_args(up: dict[str, Path]) -> list[str]:
-        # A built-in task is named as such (cited scores are tied to it); eval draws the same test subset and
-        # prompt as `data prepare` did (same per-label selection, seed and short system prompt).
-        t = cfg.task
-        if t.source in BUILTIN and t.prompt_style == "short":
-            limit = ["--limit-per-label", str(t.test_per_label)] if t.test_per_label else []
-            return ["--task", t.source, *limit, "--seed", str(t.seed)]
-        return ["--task", str(up["data"] / "data/test.jsonl")]
-
-    def evaluate(w: Path, up: dict[str, Path]) -> None:
-        # Scored as served: through vLLM, answers constrained to the label set (and free, for comparison).
-        # Each quantized checkpoint this host's vLLM serves gets its own server, up at the same time.
-        quantized = quantized_systems(up.get("quantize"), candidate(up))
-        (w / QUANTIZED).write_text(json.dumps(quantized, indent=2))
-        for q in quantized:
-            if q.get("note"):
-                _note(log(w), f"eval: {q['system']} not evaluated: {q['note']}")
-        with served_all(w, up, {q["system"]: q["checkpoint"] for q in quantized if q["evaluated"]}) as urls:
-            url = urls["base"]
-            base_answers = "" if cfg.eval.base_answers == "both" else f"+answers={cfg.eval.base_answers}"
-            systems = ["--system", f"base={url}/v1+model=base{base_answers}"]
-            if "finetune" in up:
-                systems += ["--system", f"tuned={url}/v1+model=tuned"]
-            for q in quantized:
-                if q["evaluated"]:
-                    systems += ["--system", f"{q['system']}={urls[q['system']]}/v1+model={q['system']}"]
-            for b in cfg.baselines:
-                systems += ["--system", f"{b.name}={baseline_spec(b.spec, b.fallback)}"]
             offramp_cmd(
-                "eval",
-                *task_args(up),
-                *systems,
-                "--gate",
-                cfg.gate,
-                "--concurrency",
-                str(cfg.eval.concurrency),
-                "--candidate",
-                candidate(up),
-                "--baseline",
-                cfg.baselines[0].name,
-                "--out",
-                str(w),
-                log=log(w),
-            )
-            if cfg.serve.enabled:  # benchmark the same server now: one vLLM start-up (~2 min on 2 cores) less
-                try:
-                    run_bench(urls["base"], w / "bench", up, log(w))
-                except StageFailed as e:  # the bench stage then starts its own server
-                    _note(log(w), f"eval: benchmarking this server failed, the bench stage will retry: {e}")
+                "quantize", src, "--method", method, "--calib", str(up["data"] / "data/train.jsonl"),
+                "--n-heldout", str(q.n_heldout), "--out", str(out), *q.args, log=_log(w),
+            )  # fmt: skip
+        except StageFailed as e:
+            status = "not-supported" if e.returncode == 2 else "failed"
+            outcomes.append({"method": method, "status": status, "note": str(e)})
+            _note(_log(w), f"quantize {method}: {status}: {e}")
+            continue
+        outcomes.append({"method": method, "status": "done", "checkpoint": str(out)})
+    (w / QUANTIZED).write_text(json.dumps({"source": src, "methods": outcomes}, indent=2))
 
-    def bench(w: Path, up: dict[str, Path]) -> None:
-        measured = up["eval"] / "bench" if "eval" in up else None
-        if measured is not None and (measured / "bench_report.json").is_file():
-            shutil.copytree(measured, w, dirs_exist_ok=True)
-            _note(log(w), f"bench: measured on the eval stage's server ({measured})")
-            return
-        with served(w, up) as url:
-            run_bench(url, w, up, log(w))
 
-    def run_bench(url: str, out: Path, up: dict[str, Path], log_path: Path) -> None:
-        s = cfg.serve
-        args = [
-            "bench",
-            url,
-            "--workload",
-            str(up["data"] / "data/test.jsonl"),
-            "--model",
-            candidate(up),
-            "--concurrency",
-            ",".join(map(str, s.concurrency)),
-            "--num-prompts",
-            str(s.num_prompts),
-            "--slo-p99-ttft-s",
-            str(s.slo_p99_ttft_s),
-            "--slo-p99-tpot-ms",
-            str(s.slo_p99_tpot_ms),
-            "--out",
-            str(out),
-            *_host_args(cfg),
-        ]
-        if s.structured_choice:
-            args += ["--structured-choice", str(up["data"] / "data/labels.json")]
-        offramp_cmd(*args, log=log_path)
-
-    def breakeven(w: Path, up: dict[str, Path]) -> None:
-        offramp_cmd(*breakeven_args(up), "--out", str(w), log=log(w))
-
-    def breakeven_args(up: dict[str, Path]) -> list[str]:
-        c = cfg.cost
-        args = [
-            "breakeven",
-            "--api",
-            c.api_model,
-            "--bench",
-            str(up["bench"] / "bench_report.json"),
-            "--requests-per-month",
-            str(c.requests_per_month),
-            "--peak-to-average",
-            str(c.peak_to_average),
-            *_host_args(cfg),
-            *c.args,
-        ]
-        if "eval" in up:
-            args += ["--eval", str(up["eval"] / "eval_report.json")]
-        if "finetune" in up:
-            args += ["--finetune", str(up["finetune"] / "ft" / "finetune_report.json")]
-        return args
-
-    def cascade(w: Path, up: dict[str, Path]) -> None:
-        """The cascade as one more candidate: its curve and threshold, then its cost at the escalation it needs."""
-        c = cfg.cascade
-        target = ["--target", c.target] if c.target else ["--max-escalation", str(c.max_escalation)]
-        offramp_cmd(
-            "cascade",
-            "--eval",
-            str(up["eval"] / "eval_report.json"),
-            "--breakeven",
-            str(up["breakeven"] / "breakeven_report.json"),
-            "--candidate",
-            candidate(up),
-            "--baseline",
-            cfg.baselines[0].name,
-            *target,
-            "--out",
-            str(w / "cascade"),
-            log=log(w),
-        )
-        share = read_json(w / "cascade" / "cascade_report.json")["escalation_share"]
-        offramp_cmd(*breakeven_args(up), "--escalation-share", str(share), "--out", str(w / "breakeven"), log=log(w))
-
-    stages = [
-        Stage("pull", {"model": model}, pull),
-        Stage("data", cfg.task.model_dump(), data),
-    ]
-    tuned = cfg.finetune.enabled
-    quantized = bool(cfg.quantize.methods)
-    if tuned:
-        stages.append(
-            Stage(
-                "finetune",
-                {"model": model, **cfg.finetune.model_dump(), **({"merge": True} if quantized else {})},
-                finetune,
-                ["pull", "data"],
-                commands=("finetune",),
-            )
-        )
-    # Downstream stages use the tuned adapter / the eval gate when those stages exist in this build.
-    ft = ["finetune"] if tuned and "finetune" not in UNBUILT else []
-    ev = [] if "eval" in UNBUILT else ["eval"]
-    qs = ["quantize"] if quantized and "quantize" not in UNBUILT else []
-    if quantized:
-        stages.append(
-            Stage("quantize", {"model": model, **cfg.quantize.model_dump()}, quantize, ["pull", "data", *ft],
-                  optional=True, commands=("quantize",))
-        )  # fmt: skip
-    eval_config = {"model": model, "baselines": [baseline_spec(b.spec, b.fallback) for b in cfg.baselines]}
-    eval_config |= {
-        "gate": cfg.gate,
-        "eval": cfg.eval.model_dump(),
-        **({"serve": cfg.serve.model_dump()} if cfg.serve.enabled else {}),  # it benchmarks its server too
-        **({"quantize": cfg.quantize.model_dump()} if quantized else {}),
-    }
-    stages.append(
-        Stage(
-            "eval",
-            eval_config,
-            evaluate,
-            ["pull", "data", *ft, *qs],
-            optional=True,
-            commands=("eval", "serve"),
-        )
-    )
-    if cfg.serve.enabled:
-        stages.append(
-            Stage(
-                "bench",
-                {"model": model, **cfg.serve.model_dump()},
-                bench,
-                ["pull", "data", *ft, *ev],
-                commands=("serve", "bench"),
-            )
-        )
-        stages.append(
-            Stage("breakeven", cfg.cost.model_dump(), breakeven, ["bench", *ev, *ft], commands=("breakeven",))
-        )
-        if cfg.cascade.enabled and ev:
-            stages.append(
-                Stage(
-                    "cascade",
-                    {"baseline": cfg.baselines[0].name, **cfg.cascade.model_dump()},
-                    cascade,
-                    ["eval", "bench", "breakeven", *ft],
-                    optional=True,
-                    commands=("cascade", "breakeven"),
+@contextmanager
+def served_all(i: Inputs, w: Path, up: Up, checkpoints: dict[str, str]) -> Iterator[dict[str, str]]:
+    """The base model (+ the tuned adapter) as `base`, and each checkpoint under its served name, each on its own
+    free loopback port; all start together (their start-ups overlap). Yields {name: base URL}."""
+    adapter = ["--adapter", f"tuned={up['finetune'] / 'ft' / 'adapter'}"] if "finetune" in up else []
+    launches = {"base": [i.config.model, *adapter]} | {name: [path] for name, path in checkpoints.items()}
+    procs: dict[str, tuple[subprocess.Popen, int]] = {}
+    try:
+        for name, target in launches.items():
+            port = _free_port()
+            args = [target[0], "--name", name, "--port", str(port), *target[1:], *i.config.serve.args]
+            console.print(f"  [dim]$ offramp serve {' '.join(args)}[/]")
+            with open(_log(w), "a") as server_log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "offramp", "serve", *args],
+                    stdout=server_log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
-            )
+            procs[name] = (proc, port)
+        for proc, port in procs.values():
+            _wait_healthy(proc, port, _log(w))
+        yield {name: f"http://127.0.0.1:{port}" for name, (_, port) in procs.items()}
+    finally:
+        for proc, _ in procs.values():
+            stop_process_group(proc)
+
+
+def _task_args(i: Inputs, up: Up) -> list[str]:
+    # A built-in task is named as such (cited scores are tied to it); eval draws the same test subset and
+    # prompt as `data prepare` did (same per-label selection, seed and short system prompt).
+    t = i.config.task
+    if t.source in BUILTIN and t.prompt_style == "short":
+        limit = ["--limit-per-label", str(t.test_per_label)] if t.test_per_label else []
+        return ["--task", t.source, *limit, "--seed", str(t.seed)]
+    return ["--task", str(up["data"] / "data/test.jsonl")]
+
+
+def evaluate(i: Inputs, w: Path, up: Up) -> None:
+    # Scored as served: through vLLM, answers constrained to the label set (and free, for comparison).
+    # Each quantized checkpoint this host's vLLM serves gets its own server, up at the same time.
+    c = i.config
+    quantized = quantized_systems(up.get("quantize"), _candidate(up))
+    (w / QUANTIZED).write_text(json.dumps(quantized, indent=2))
+    for q in quantized:
+        if q.get("note"):
+            _note(_log(w), f"eval: {q['system']} not evaluated: {q['note']}")
+    with served_all(i, w, up, {q["system"]: q["checkpoint"] for q in quantized if q["evaluated"]}) as urls:
+        url = urls["base"]
+        base_answers = "" if c.eval.base_answers == "both" else f"+answers={c.eval.base_answers}"
+        systems = ["--system", f"base={url}/v1+model=base{base_answers}"]
+        if "finetune" in up:
+            systems += ["--system", f"tuned={url}/v1+model=tuned"]
+        for q in quantized:
+            if q["evaluated"]:
+                systems += ["--system", f"{q['system']}={urls[q['system']]}/v1+model={q['system']}"]
+        for name, spec in i.derived["baselines"]:
+            systems += ["--system", f"{name}={spec}"]
+        offramp_cmd(
+            "eval", *_task_args(i, up), *systems, "--gate", c.gate, "--concurrency", str(c.eval.concurrency),
+            "--candidate", _candidate(up), "--baseline", i.derived["baselines"][0][0], "--out", str(w), log=_log(w),
+        )  # fmt: skip
+        if c.serve.enabled:  # benchmark the same server now: one vLLM start-up (~2 min on 2 cores) less
+            try:
+                run_bench(i, urls["base"], w / "bench", up, _log(w))
+            except StageFailed as e:  # the bench stage then starts its own server
+                _note(_log(w), f"eval: benchmarking this server failed, the bench stage will retry: {e}")
+
+
+def bench(i: Inputs, w: Path, up: Up) -> None:
+    measured = up["eval"] / "bench" if "eval" in up else None
+    if measured is not None and (measured / "bench_report.json").is_file():
+        shutil.copytree(measured, w, dirs_exist_ok=True)
+        _note(_log(w), f"bench: measured on the eval stage's server ({measured})")
+        return
+    with served_all(i, w, up, {}) as urls:
+        run_bench(i, urls["base"], w, up, _log(w))
+
+
+def run_bench(i: Inputs, url: str, out: Path, up: Up, log_path: Path) -> None:
+    s = i.config.serve
+    args = [
+        "bench", url, "--workload", str(up["data"] / "data/test.jsonl"), "--model", _candidate(up),
+        "--concurrency", ",".join(map(str, s.concurrency)), "--num-prompts", str(s.num_prompts),
+        "--slo-p99-ttft-s", str(s.slo_p99_ttft_s), "--slo-p99-tpot-ms", str(s.slo_p99_tpot_ms),
+        "--out", str(out), *_host_args(i),
+    ]  # fmt: skip
+    if s.structured_choice:
+        args += ["--structured-choice", str(up["data"] / "data/labels.json")]
+    offramp_cmd(*args, log=log_path)
+
+
+def breakeven(i: Inputs, w: Path, up: Up) -> None:
+    offramp_cmd(*_breakeven_args(i, up), "--out", str(w), log=_log(w))
+
+
+def _breakeven_args(i: Inputs, up: Up) -> list[str]:
+    c = i.config.cost
+    args = [
+        "breakeven", "--api", c.api_model, "--bench", str(up["bench"] / "bench_report.json"),
+        "--requests-per-month", str(c.requests_per_month), "--peak-to-average", str(c.peak_to_average),
+        *_host_args(i), *c.args,
+    ]  # fmt: skip
+    if "eval" in up:
+        args += ["--eval", str(up["eval"] / "eval_report.json")]
+    if "finetune" in up:
+        args += ["--finetune", str(up["finetune"] / "ft" / "finetune_report.json")]
+    return args
+
+
+def cascade(i: Inputs, w: Path, up: Up) -> None:
+    """The cascade as one more candidate: its curve and threshold, then its cost at the escalation it needs."""
+    c = i.config.cascade
+    target = ["--target", c.target] if c.target else ["--max-escalation", str(c.max_escalation)]
+    offramp_cmd(
+        "cascade", "--eval", str(up["eval"] / "eval_report.json"),
+        "--breakeven", str(up["breakeven"] / "breakeven_report.json"), "--candidate", _candidate(up),
+        "--baseline", i.config.baselines[0].name, *target, "--out", str(w / "cascade"), log=_log(w),
+    )  # fmt: skip
+    share = read_json(w / "cascade" / "cascade_report.json")["escalation_share"]
+    offramp_cmd(*_breakeven_args(i, up), "--escalation-share", str(share), "--out", str(w / "breakeven"), log=_log(w))
+
+
+HOST = ("cost.host", "cost.host_price_per_hour")  # the host's price: bench turns throughput into $ with it
+
+
+def build_stages(cfg: PipelineConfig) -> list[Stage]:
+    """The stages `cfg` asks for, in order. Each declares the config fields it reads (and only those resolve for
+    it) and what it takes from outside the config; its cache key is exactly those (offramp/pipeline/inputs.py)."""
+
+    def stage(name, reads, run, needs=(), *, derived=None, optional=False) -> Stage:
+        inputs = Inputs(ConfigView(cfg, reads), derived or {})
+        return Stage(name, inputs.key_material(), partial(run, inputs), list(needs), optional=optional)
+
+    tuned, quantized = cfg.finetune.enabled, bool(cfg.quantize.methods)
+    ft, qs = (["finetune"] if tuned else []), (["quantize"] if quantized else [])
+    host_price = {"host_price": _host_price_entry(cfg)}
+    stages = [stage("pull", ["model"], pull), stage("data", ["task"], data)]
+    if tuned:
+        derived = {"host_price_args": _host_price_args(cfg), **({"merge": True} if quantized else {})}
+        stages.append(stage("finetune", ["model", "finetune"], finetune, ["pull", "data"], derived=derived))
+    if quantized:
+        stages.append(stage("quantize", ["model", "quantize"], quantize, ["pull", "data", *ft], optional=True))
+    baselines = [(b.name, baseline_spec(b.spec, b.fallback)) for b in cfg.baselines]
+    eval_reads = ["model", "task", "gate", "eval", "serve", *HOST]
+    derived = {"baselines": baselines, "api_prices": _api_price_entries(spec for _, spec in baselines), **host_price}
+    stages.append(stage("eval", eval_reads, evaluate, ["pull", "data", *ft, *qs], derived=derived, optional=True))
+    if cfg.serve.enabled:
+        prices = {"catalogue_sha256": _catalogue_sha256()}
+        bench_needs = ["pull", "data", *ft, "eval"]
+        stages.append(stage("bench", ["model", "serve", *HOST], bench, bench_needs, derived=host_price))
+        stages.append(stage("breakeven", ["cost"], breakeven, ["bench", "eval", *ft], derived=prices))
+        if cfg.cascade.enabled:
+            needs = ["eval", "bench", "breakeven", *ft]
+            reads = ["baselines", "cascade", "cost"]
+            stages.append(stage("cascade", reads, cascade, needs, derived=prices, optional=True))
     return stages
+
+
+def _catalogue_sha256() -> str:
+    from offramp.cost.prices import builtin_path
+
+    return hashlib.sha256(builtin_path().read_bytes()).hexdigest()
+
+
+def _host_price_entry(cfg: PipelineConfig) -> dict | None:
+    """The catalogue entry of the configured host, as the stages that price it will read it."""
+    from offramp.cost.prices import load_catalogue
+
+    if cfg.cost.host_price_per_hour is not None or not cfg.cost.host:
+        return None
+    return load_catalogue().host_price(cfg.cost.host).model_dump()
+
+
+def _api_price_entries(specs: Iterable[str]) -> dict[str, dict]:
+    """The catalogue entries of the paid APIs an eval calls: it prices their answers."""
+    from offramp.cost.prices import load_catalogue
+
+    catalogue, out = load_catalogue(), {}
+    for spec in specs:
+        provider, _, model = spec.partition(":")
+        if provider in API_KEY_ENV:
+            with contextlib.suppress(OfframpError):  # a model the catalogue lacks is priced by nobody
+                out[model] = catalogue.api_price(model).model_dump()
+    return out
 
 
 QUANTIZED = "quantized.json"  # the quantize stage's outcome per method; the eval stage's quantized systems
@@ -354,16 +305,12 @@ def quantized_systems(quantize_dir: Path | None, candidate: str) -> list[dict]:
         entry = {"method": m["method"], "system": f"{candidate}-{m['method']}", "evaluated": False, **m}
         if m["status"] == "done":
             report = json.loads((Path(m["checkpoint"]) / "quantize_report.json").read_text())
-            if report.get("servable_by_vllm_cpu_here") or _has_cuda():
+            if report.get("servable_by_vllm_cpu_here") or has_cuda():
                 entry["evaluated"] = True
             else:
                 entry["note"] = f"vLLM cannot serve {m['method']} on this host ({report.get('vllm_cpu_note')})"
         systems.append(entry)
     return systems
-
-
-def _has_cuda() -> bool:
-    return shutil.which("nvidia-smi") is not None
 
 
 def _note(log: Path, line: str) -> None:
@@ -372,8 +319,8 @@ def _note(log: Path, line: str) -> None:
         f.write(f"offramp run: note: {line}\n")
 
 
-def _host_args(cfg: PipelineConfig) -> list[str]:
-    c = cfg.cost
+def _host_args(i: Inputs) -> list[str]:
+    c = i.config.cost
     if c.host_price_per_hour is not None:
         return ["--host-price-per-hour", str(c.host_price_per_hour)]
     return ["--host", c.host] if c.host else []
