@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from importlib import resources
@@ -152,17 +153,30 @@ def _version() -> str:
     return __version__
 
 
+# Signals that end a command: the re-run child gets each one the parent gets (kill, systemd, docker stop, Ctrl-C).
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
 def reexec_in(name: str, argv: list[str] | None = None) -> NoReturn:
-    """Run this same offramp command again inside stage env `name`, passing on its exit code."""
+    """Run this same offramp command again inside stage env `name`, passing on its exit code.
+
+    The child gets its own process group, so a terminal's Ctrl-C reaches it once, through us, and every
+    terminating signal sent to this process is passed on to it: `kill` on the command a user started stops the
+    vLLM server or the trainer it runs, instead of leaving them running with no parent.
+    """
     python = ensure_env(name)
     cmd = [str(python), "-m", "offramp", *(sys.argv[1:] if argv is None else argv)]
-    proc = subprocess.Popen(cmd)
-    while True:
-        try:
-            raise SystemExit(proc.wait())
-        except KeyboardInterrupt:
-            # The child got the same SIGINT (same process group); wait for it to shut down cleanly.
-            continue
+    proc = subprocess.Popen(cmd, process_group=0)
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)
+
+    for sig in FORWARDED:
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. SIGINT in a non-interactive shell's background job
+            signal.signal(sig, forward)
+    code = proc.wait()
+    raise SystemExit(128 - code if code < 0 else code)  # killed by signal N: exit 128 + N, as a shell reports it
 
 
 def require_env(name: str) -> None:

@@ -418,6 +418,43 @@ def test_ctrl_c_mid_bench_stops_cleanly_and_bench_fails(tiny_model: Path, cli, t
                 p.kill()
 
 
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_sigterm_to_the_core_env_command_stops_the_server_it_started(tiny_model: Path) -> None:
+    """`offramp serve` typed in the core env re-runs itself in the runtime env; `kill -TERM` on the command the
+    user started must stop that child and its vLLM (it used to leave them serving on the port with no parent)."""
+    core = REPO / ".venv" / "bin" / "python"
+    assert core.is_file(), "the core env (scripts/setup.sh) is missing"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "OFFRAMP_INPROCESS"}
+    serve = subprocess.Popen(
+        [str(core), "-m", "offramp", "serve", str(tiny_model), "--port", str(port), "--max-model-len", "1024"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not (line := serve.stdout.readline()).startswith("Ctrl-C"):
+            assert (line or serve.poll() is None) and time.monotonic() < deadline, "the server never came up"
+        pgid = vllm_process_group(port)
+        assert pgid is not None and httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=120) == 0  # the child stopped its server cleanly and we passed its code on
+        assert live_group_members(pgid) == []
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT; a listener still refuses
+            s.bind(("127.0.0.1", port))  # the port is free again
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        if (pgid := vllm_process_group(port)) is not None:
+            os.killpg(pgid, signal.SIGKILL)
+
+
 def _served_requests(port: int) -> float:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
     return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith("vllm:request_success_total"))
