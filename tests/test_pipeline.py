@@ -331,7 +331,7 @@ def test_offramp_run_end_to_end_on_the_tiny_model(cli, tiny_model, tmp_path, mon
     config = {
         "name": "tiny-e2e",
         "model": str(tiny_model),
-        "task": {"source": "banking77", "train_per_label": 2, "test_per_label": 1},
+        "task": {"source": "banking77", "train_per_label": 2, "test_per_label": 2},  # the cascade needs 2
         "finetune": {"args": ["--max-steps", "8", "--batch-size", "4", "--grad-accum", "1"]},
         "quantize": {"methods": ["w8a8-int8-rtn"], "n_heldout": 4},
         "serve": {"concurrency": [1], "num_prompts": 4, "args": ["--max-model-len", "1024"]},
@@ -349,7 +349,7 @@ def test_offramp_run_end_to_end_on_the_tiny_model(cli, tiny_model, tmp_path, mon
     report = first.pop("_report")
     assert first == dict.fromkeys(["pull", "data", "finetune", "quantize", "eval", "bench", "breakeven", "cascade"],
                                   "done")  # fmt: skip
-    assert report["eval"]["n_queries"] == 77 and report["verdict"]["verdict"] in ("GO", "NO-GO")
+    assert report["eval"]["n_queries"] == 154 and report["verdict"]["verdict"] in ("GO", "NO-GO")
     systems = {s["name"] for s in report["eval"]["systems"]}
     assert {"base", "tuned", "tuned-w8a8-int8-rtn", "gpt-4o-mini"} <= systems
     assert report["bench"] and report["breakeven"] and report["cascade"]
