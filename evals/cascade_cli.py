@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from offramp.errors import OfframpError
-from offramp.paths import atomic_dir, read_json
+from offramp.paths import atomic_dir, check_out, read_json
 
 REPORT = "cascade_report.json"
 PLOT = "cascade.png"
@@ -117,6 +117,7 @@ def cascade_command(
     out: Annotated[Path, typer.Option(help="output dir for cascade_report.json and cascade.png")] = Path(
         "runs/cascade"
     ),
+    force: Annotated[bool, typer.Option(help="replace --out even if offramp did not write it")] = False,
 ) -> None:
     """Cascade curve: accuracy and $ per 1k queries for each confidence threshold; the threshold meeting the
     target is chosen on a calibration split and reported on a disjoint test split."""
@@ -125,6 +126,7 @@ def cascade_command(
     from offramp.reports import write_report
 
     parse_target(target, max_escalation)  # bad targets fail before any file is read
+    check_out(out, force=force)
     for path in (eval_report, breakeven):
         if not path.is_file():
             raise OfframpError(f"{path}: no such file")
@@ -149,7 +151,7 @@ def cascade_command(
         escalation_share=round(1 - chosen["local_share"], 4),
         unit="percent",
     )
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, force=force) as tmp:
         plot(result, tmp / PLOT, cand, base)
         result["plot"] = PLOT
         write_report(tmp / REPORT, "cascade", result)

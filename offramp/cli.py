@@ -97,15 +97,19 @@ def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
 def models_tiny(
     tokenizer: Annotated[str, typer.Option(help="model ref whose tokenizer to use")] = "smollm2-135m-instruct",
     out: Annotated[Path | None, typer.Option(help="write here instead of the store")] = None,
+    force: Annotated[bool, typer.Option(help="replace --out even if offramp did not write it")] = False,
 ) -> None:
     """Build the tiny random Llama (2 layers, hidden 64, real tokenizer) used by fast tests."""
     from offramp.envs import require_env
+    from offramp.paths import check_out
 
+    if out is not None:
+        check_out(out, force=force)  # before the runtime env's imports
     require_env("runtime")
     from offramp.store import resolve_model
     from offramp.tiny import build_tiny_llama
 
-    print(build_tiny_llama(resolve_model(tokenizer), out))
+    print(build_tiny_llama(resolve_model(tokenizer), out, force=force or out is None))
 
 
 @data_app.command("prepare")
@@ -119,12 +123,15 @@ def data_prepare(
     prompt_style: Annotated[str, typer.Option(help="system prompt: short, or labels (lists every label)")] = "short",
     text_column: str = "text",
     label_column: str = "label",
+    force: Annotated[bool, typer.Option(help="replace --out even if offramp did not write it")] = False,
 ) -> None:
     """Write train.jsonl / test.jsonl (OpenAI chat format), labels.json and data_report.json."""
     from offramp.data import prepare
+    from offramp.paths import check_out
 
     name = source if "/" not in source and "." not in source else Path(source).stem
     out = out or Path("data") / name
+    check_out(out, force=force)
     report = prepare(
         source,
         out,
@@ -135,6 +142,7 @@ def data_prepare(
         prompt_style=prompt_style,
         text_col=text_column,
         label_col=label_column,
+        force=force,
     )
     console.print(f"[green]wrote[/] {out}: train {report['train']}, test {report['test']}, labels {report['labels']}")
 

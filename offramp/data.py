@@ -191,6 +191,7 @@ def prepare(
     text_col: str = "text",
     label_col: str = "label",
     overwrite: bool = True,
+    force: bool = False,
 ) -> dict:
     """Write train.jsonl, test.jsonl, labels.json and data_report.json into `out` (atomically)."""
     if per_label is not None and per_label < 1 or test_per_label is not None and test_per_label < 1:
@@ -211,7 +212,7 @@ def prepare(
     if unknown:
         raise OfframpError(f"labels not in the label set: {sorted(unknown)[:5]}")
     system = system_prompt(labels, prompt_style)
-    with atomic_dir(Path(out), overwrite=overwrite) as tmp:
+    with atomic_dir(Path(out), overwrite=overwrite, force=force) as tmp:
         n_train = write_jsonl(tmp / "train.jsonl", (to_chat(e, system) for e in train))
         n_test = write_jsonl(tmp / "test.jsonl", (to_chat(e, system) for e in test))
         write_json(tmp / "labels.json", labels)

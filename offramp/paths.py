@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from offramp.errors import OfframpError
+
 
 def home() -> Path:
     """Root for the model store, stage environments and caches: $OFFRAMP_HOME or the user cache dir."""
@@ -32,12 +34,32 @@ def downloads_dir() -> Path:
     return home() / "downloads"
 
 
+# Written into every directory offramp writes: only such a directory (or an empty one) is replaced without --force.
+MARKER = ".offramp-output"
+
+
+def check_out(final: Path, *, force: bool = False) -> None:
+    """Refuse an output directory offramp would replace but did not write (a user's files), or a file there."""
+    final = Path(final)
+    if not final.exists():
+        return
+    if not final.is_dir():
+        raise OfframpError(f"--out {final}: is a file; offramp writes a directory there and will not replace it")
+    if force or (final / MARKER).is_file() or not any(final.iterdir()):
+        return
+    raise OfframpError(
+        f"--out {final}: exists and was not written by offramp; choose another directory, or --force to replace it"
+    )
+
+
 @contextmanager
-def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temp dir beside `final`; rename it into place only if the block succeeds."""
+def atomic_dir(final: Path, *, overwrite: bool = False, force: bool = False) -> Iterator[Path]:
+    """Yield a temp dir beside `final`; rename it into place only if the block succeeds. With `overwrite`, an
+    existing `final` is replaced only if offramp wrote it (see `check_out`), or with `force`."""
     final = Path(final)
     if final.exists() and not overwrite:
         raise FileExistsError(final)
+    check_out(final, force=force)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     umask = os.umask(0)
@@ -45,6 +67,7 @@ def atomic_dir(final: Path, *, overwrite: bool = False) -> Iterator[Path]:
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the final dir should get normal permissions
     try:
         yield tmp
+        (tmp / MARKER).write_text("written by offramp: replaced by a later run that writes here\n")
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             final.rename(old)

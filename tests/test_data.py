@@ -91,3 +91,43 @@ def test_cli_prepare_and_validate(tmp_path, cli):
     assert res.stderr.strip().splitlines() == [
         f"offramp: error: {tmp_path / 'broken.jsonl'}:1: missing or empty 'messages' (OpenAI chat format expected)"
     ]
+
+
+def _user_dir(tmp_path: Path) -> Path:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's own file")
+    return mine
+
+
+# Each command that writes an --out directory, with the rest of its arguments; each refuses before its real work.
+OUT_COMMANDS = {
+    "data prepare": ["data", "prepare", "banking77", "--per-label", "1", "--test-per-label", "1"],
+    "bench": ["bench", "http://127.0.0.1:9", "--workload", "banking77"],
+    "cascade": ["cascade", "--eval", "missing.json", "--breakeven", "missing.json", "--max-escalation", "0.3"],
+    "models tiny": ["models", "tiny"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(OUT_COMMANDS))
+def test_an_out_dir_offramp_did_not_write_is_never_replaced(cli, tmp_path, command):
+    mine = _user_dir(tmp_path)
+    res = cli(*OUT_COMMANDS[command], "--out", str(mine))
+    assert res.returncode == 1 and "was not written by offramp" in res.stderr and "--force" in res.stderr
+    assert "Traceback" not in res.stderr and (mine / "notes.txt").read_text() == "a user's own file"
+    a_file = tmp_path / "report.txt"
+    a_file.write_text("keep")
+    res = cli(*OUT_COMMANDS[command], "--out", str(a_file))
+    assert res.returncode == 1 and "is a file" in res.stderr and a_file.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "report.txt"]  # no .old-PID or temp dir left
+
+
+def test_data_prepare_replaces_its_own_output_and_a_user_dir_only_with_force(tmp_path, cli):
+    args = OUT_COMMANDS["data prepare"]
+    out = tmp_path / "data"
+    assert cli(*args, "--out", str(out)).returncode == 0
+    assert cli(*args, "--seed", "1", "--out", str(out)).returncode == 0  # offramp wrote it: replaced
+    mine = _user_dir(tmp_path)
+    res = cli(*args, "--out", str(mine), "--force")
+    assert res.returncode == 0, res.stderr
+    assert not (mine / "notes.txt").exists() and (mine / "train.jsonl").is_file()
