@@ -56,6 +56,11 @@ def parse_gate(expression: str) -> Gate:
     value = float(m["number"])
     if value > 100:
         raise OfframpError(f"gate {expression!r}: {m['metric']} is in points of 0-100, got {value}")
+    if 0 < value < 1:
+        raise OfframpError(
+            f"gate {expression!r}: {m['metric']} is in points of 0-100, and {value} looks like a fraction; "
+            f"did you mean {m['metric']}{m['op']}{value * 100:g}?"
+        )
     return Gate(expression.strip(), m["metric"], m["op"], False, value)
 
 

@@ -33,6 +33,8 @@ def test_gpu_example_config_is_valid():
         ("cascade:\n  max_escalation: 1.5\n", "cascade.max_escalation: Input should be less than or equal to 1"),
         ("model: [unclosed\n", "not valid YAML"),
         ("name: ../../x\n", "name: Value error, must be one path component"),
+        ("gate: accuracy>>80\n", "gate: Value error, malformed gate"),
+        ("gate: accuracy>=0.8\n", "looks like a fraction; did you mean accuracy>=80?"),
         ("name: a/b\n", "name: Value error, must be one path component"),
     ],
 )

@@ -113,9 +113,14 @@ class PipelineConfig(_Strict):
 
     @field_validator("gate")
     @classmethod
-    def _gate_not_empty(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must be an expression such as accuracy>=baseline-2")
+    def _gate_parses(cls, v: str) -> str:
+        # checked at load, not when the eval stage starts after minutes of fine-tuning
+        from offramp.evals.gate import parse_gate
+
+        try:
+            parse_gate(v)
+        except OfframpError as e:
+            raise ValueError(str(e)) from None
         return v
 
 
