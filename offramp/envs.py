@@ -39,13 +39,7 @@ EXCLUDES = "excludes.txt"
 
 def current_env() -> str | None:
     """Name of the offramp stage environment this interpreter belongs to, if any."""
-    stamp = Path(sys.prefix) / STAMP
-    if not stamp.is_file():
-        return None
-    try:
-        return json.loads(stamp.read_text())["name"]
-    except (ValueError, KeyError):
-        return None
+    return _stamp(Path(sys.prefix)).get("name")
 
 
 def accelerator() -> str:

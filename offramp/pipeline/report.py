@@ -20,20 +20,16 @@ from offramp.pipeline.runner import StageResult
 from offramp.reports import now_iso
 
 
-def _maybe(path: Path | None, kind: str | None = None, problems: list[str] | None = None) -> Any:
+def _maybe(path: Path, kind: str | None, problems: list[str]) -> Any:
     """A stage's report, or None where the stage wrote none. One that is there but broken or invalid is a problem
     (file and field named), never silently nothing."""
-    if path is None or not path.is_file():
+    if not path.is_file():
         return None
     try:
         return load_report(path, kind).model_dump() if kind else read_json(path)
     except ValueError as e:
-        if problems is None:
-            raise OfframpError(f"{path}: not valid JSON ({e})") from None
         problems.append(f"{path}: not valid JSON ({e})")
     except OfframpError as e:
-        if problems is None:
-            raise
         problems.append(str(e))
     return None
 
@@ -98,7 +94,7 @@ def quantized_candidates(dirs: dict[str, Path], ev: dict | None, problems: list[
         by_name.setdefault(s["name"], []).append(s)
     rows = []
     for q in systems:
-        rep = _maybe(Path(q["checkpoint"]) / "quantize_report.json", problems=problems) if q.get("checkpoint") else None
+        rep = _maybe(Path(q["checkpoint"]) / "quantize_report.json", None, problems) if q.get("checkpoint") else None
         keep = ("size_ratio", "linear_compression", "perplexity_change_pct", "quantize_time_s", "hardware")
         rows.append(
             {
