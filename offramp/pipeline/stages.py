@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from offramp.cost.prices import Catalogue, load_catalogue
 from offramp.data import BUILTIN
 from offramp.errors import OfframpError
 from offramp.hardware import has_cuda
@@ -239,23 +240,25 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         inputs = Inputs(ConfigView(cfg, reads), derived or {})
         return Stage(name, inputs.key_material(), partial(run, inputs), list(needs), optional=optional)
 
+    catalogue = load_catalogue()  # the prices the stages will read, resolved once into their keys
     tuned, quantized = cfg.finetune.enabled, bool(cfg.quantize.methods)
     ft, qs = (["finetune"] if tuned else []), (["quantize"] if quantized else [])
-    host_price = {"host_price": _host_price_entry(cfg)}
+    host = _host_price_entry(cfg, catalogue)
     stages = [stage("pull", ["model"], pull), stage("data", ["task"], data)]
     if tuned:
-        derived = {"host_price_args": _host_price_args(cfg), **({"merge": True} if quantized else {})}
+        derived = {"host_price_args": _host_price_args(cfg, host), **({"merge": True} if quantized else {})}
         stages.append(stage("finetune", ["model", "finetune"], finetune, ["pull", "data"], derived=derived))
     if quantized:
         stages.append(stage("quantize", ["model", "quantize"], quantize, ["pull", "data", *ft], optional=True))
     baselines = [(b.name, baseline_spec(b.spec, b.fallback)) for b in cfg.baselines]
     eval_reads = ["model", "task", "gate", "eval", "serve", *HOST]
-    derived = {"baselines": baselines, "api_prices": _api_price_entries(spec for _, spec in baselines), **host_price}
+    api_prices = _api_price_entries(catalogue, (spec for _, spec in baselines))
+    derived = {"baselines": baselines, "api_prices": api_prices, "host_price": host}
     stages.append(stage("eval", eval_reads, evaluate, ["pull", "data", *ft, *qs], derived=derived, optional=True))
     if cfg.serve.enabled:
         prices = {"catalogue_sha256": _catalogue_sha256()}
         bench_needs = ["pull", "data", *ft, "eval"]
-        stages.append(stage("bench", ["model", "serve", *HOST], bench, bench_needs, derived=host_price))
+        stages.append(stage("bench", ["model", "serve", *HOST], bench, bench_needs, derived={"host_price": host}))
         stages.append(stage("breakeven", ["cost"], breakeven, ["bench", "eval", *ft], derived=prices))
         if cfg.cascade.enabled:
             needs = ["eval", "bench", "breakeven", *ft]
@@ -270,20 +273,16 @@ def _catalogue_sha256() -> str:
     return hashlib.sha256(builtin_path().read_bytes()).hexdigest()
 
 
-def _host_price_entry(cfg: PipelineConfig) -> dict | None:
+def _host_price_entry(cfg: PipelineConfig, catalogue: Catalogue) -> dict | None:
     """The catalogue entry of the configured host, as the stages that price it will read it."""
-    from offramp.cost.prices import load_catalogue
-
     if cfg.cost.host_price_per_hour is not None or not cfg.cost.host:
         return None
-    return load_catalogue().host_price(cfg.cost.host).model_dump()
+    return catalogue.host_price(cfg.cost.host).model_dump()
 
 
-def _api_price_entries(specs: Iterable[str]) -> dict[str, dict]:
+def _api_price_entries(catalogue: Catalogue, specs: Iterable[str]) -> dict[str, dict]:
     """The catalogue entries of the paid APIs an eval calls: it prices their answers."""
-    from offramp.cost.prices import load_catalogue
-
-    catalogue, out = load_catalogue(), {}
+    out = {}
     for spec in specs:
         provider, _, model = spec.partition(":")
         if provider in API_KEY_ENV:
@@ -326,16 +325,12 @@ def _host_args(i: Inputs) -> list[str]:
     return ["--host", c.host] if c.host else []
 
 
-def _host_price_args(cfg: PipelineConfig) -> list[str]:
-    """For commands that take only an hourly price: a named host is looked up in the price catalogue."""
+def _host_price_args(cfg: PipelineConfig, host: dict | None) -> list[str]:
+    """For commands that take only an hourly price: a named host's on-demand price from its catalogue entry."""
     c = cfg.cost
     if c.host_price_per_hour is not None:
         return ["--host-price-per-hour", str(c.host_price_per_hour)]
-    if c.host:
-        from offramp.cost import catalogue_host_price
-
-        return ["--host-price-per-hour", str(catalogue_host_price(c.host)["value"])]
-    return []
+    return ["--host-price-per-hour", str(host["on_demand_per_hour"])] if host else []
 
 
 def _wait_healthy(proc: subprocess.Popen, port: int, log: Path, timeout: float = 600) -> None:
