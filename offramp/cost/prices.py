@@ -17,6 +17,13 @@ PRICING = ("on_demand", "spot", "reserved_1y")
 _DATE = re.compile(r"^\d{4}-\d{2}(-\d{2})?$")
 
 
+def _iso(v: Any) -> str:
+    v = v.isoformat() if isinstance(v, dt.date) else str(v)
+    if not _DATE.match(v):
+        raise ValueError(f"date {v!r} is not YYYY-MM or YYYY-MM-DD")
+    return v
+
+
 class _Priced(BaseModel):
     model_config = ConfigDict(extra="allow")
     date: str  # when the price was listed: YYYY-MM or YYYY-MM-DD
@@ -27,10 +34,7 @@ class _Priced(BaseModel):
     @field_validator("date", mode="before")
     @classmethod
     def _iso_date(cls, v: Any) -> str:
-        v = v.isoformat() if isinstance(v, dt.date) else str(v)
-        if not _DATE.match(v):
-            raise ValueError(f"date {v!r} is not YYYY-MM or YYYY-MM-DD")
-        return v
+        return _iso(v)
 
 
 class ApiPrice(_Priced):
@@ -40,8 +44,17 @@ class ApiPrice(_Priced):
     input_per_1m: float = Field(ge=0)
     output_per_1m: float = Field(ge=0)
     cached_input_per_1m: float | None = Field(default=None, ge=0)  # None: the vendor has no prompt-cache price
+    cache_min_prompt_tokens: int | None = Field(default=None, ge=0)  # shorter prompts get no cache discount
+    cache_write_per_1m: float | None = Field(default=None, ge=0)  # None: cache writes cost the input price
     batch_discount: float = Field(default=0.0, ge=0, lt=1)  # share taken off by the batch API
     batch_applies_to_cached: bool = False
+    reasoning: bool = False  # hidden reasoning tokens are billed as output tokens
+    retired: str | None = None  # when the vendor retired the model: YYYY-MM or YYYY-MM-DD
+
+    @field_validator("retired", mode="before")
+    @classmethod
+    def _iso_retired(cls, v: Any) -> str | None:
+        return None if v is None else _iso(v)
 
 
 class HostPrice(_Priced):
@@ -55,6 +68,7 @@ class HostPrice(_Priced):
     on_demand_per_hour: float = Field(gt=0)
     spot_per_hour: float | None = Field(default=None, gt=0)
     reserved_1y_per_hour: float | None = Field(default=None, gt=0)
+    sold_in_multiples_of: int = Field(default=1, ge=1)  # e.g. 8: a per-GPU price of an 8-GPU-only instance
 
     def per_hour(self, pricing: str) -> float:
         if pricing not in PRICING:
@@ -70,8 +84,16 @@ class Catalogue(BaseModel):
     hosts: dict[str, HostPrice]
     sources: list[str]  # the files merged into it, catalogue first
 
-    def api_price(self, name: str) -> ApiPrice:
-        return _lookup(self.api, name, "API model")
+    def api_price(self, name: str, *, allow_retired: bool = False) -> ApiPrice:
+        """A retired model is refused unless `allow_retired`: its list price no longer buys anything."""
+        key = _key(self.api, name, "API model")
+        entry = self.api[key]
+        if entry.retired and not allow_retired:
+            raise OfframpError(
+                f"{key} was retired on {entry.retired} ({entry.source}): "
+                "pick a current model, or pass --allow-retired to price it anyway"
+            )
+        return entry
 
     def host_price(self, name: str) -> HostPrice:
         return _lookup(self.hosts, name, "host")
@@ -82,12 +104,16 @@ def normalise(name: str) -> str:
     return re.sub(r"[._\s]+", "-", name.strip().lower())
 
 
-def _lookup(table: dict, name: str, what: str):
+def _key(table: dict, name: str, what: str) -> str:
     by_norm = {normalise(k): k for k in table}
     key = name if name in table else by_norm.get(normalise(name))
     if key is None:
         raise OfframpError(f"unknown {what} {name!r}; known: {', '.join(sorted(table))} (add your own with --prices)")
-    return table[key]
+    return key
+
+
+def _lookup(table: dict, name: str, what: str):
+    return table[_key(table, name, what)]
 
 
 def _read_yaml(path: Path) -> dict:
