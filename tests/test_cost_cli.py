@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from offramp.cost.prices import load_catalogue
+
 HW = {"cpu": "AMD EPYC", "cpu_cores": 2, "gpus": []}
+# Expectations come from the catalogue, never pinned (a user who edits prices.yaml must not break CI).
+_CAT = load_catalogue()
+HOUR = _CAT.host_price("aws-c7a-large").on_demand_per_hour
+_P = _CAT.api_price("gpt-4o")
+API_REQ = (256 * _P.input_per_1m + 64 * _P.output_per_1m) / 1e6  # USD per request of 256 in / 64 out
 POINT = {
     "concurrency": 4, "completed": 40, "failed": 0, "duration_s": 20.0, "requests_per_s": 2.0,
     "input_tokens": 40 * 256, "output_tokens": 40 * 64, "input_tokens_per_s": 512.0, "output_tokens_per_s": 128.0,
@@ -36,7 +43,7 @@ def base_args(tmp_path: Path, *extra: str) -> list[str]:
     return [
         "breakeven", "--api", "gpt-4o", "--bench", str(bench_file(tmp_path)), "--host", "aws-c7a-large",
         "--requests-per-month", "1000000", "--input-tokens", "256", "--output-tokens", "64",
-        "--peak-to-average", "1.5", "--out", str(tmp_path / "out"), *extra,
+        "--peak-to-average", "1.5", "--ops-hours-per-month", "0", "--out", str(tmp_path / "out"), *extra,
     ]  # fmt: skip
 
 
@@ -64,18 +71,18 @@ def test_writes_report_and_plot(cli, tmp_path):
     assert (out / "breakeven.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = json.loads((out / "breakeven_report.json").read_text())
     assert (report["stage"], report["plot"], report["model"]) == ("breakeven", "breakeven.png", "smollm2-135m-instruct")
-    # 256 × $2.50 + 64 × $10 per 1M = 1280e-6 USD/request × 1M requests
-    assert report["api"]["cost"]["monthly_usd"]["value"] == pytest.approx(1280.0)
+    # 256 × input + 64 × output per 1M, × 1M requests
+    assert report["api"]["cost"]["monthly_usd"]["value"] == pytest.approx(API_REQ * 1e6)
     assert report["api"]["list_prices"]["input_per_1m"]["reference"] == "https://openai.com/api/pricing/"
     # one-offs: 40 (fine-tune) + 10 h × 100 = 1040 over 12 months
     assert report["one_off"]["total_usd"] == pytest.approx(1040.0)
     host = report["self_hosted"]["cost"]
-    assert host["monthly_usd"]["value"] == pytest.approx(730 * 0.10264 + 1040 / 12)
-    # break-even with 1 replica: (74.93 + 86.67) / 1280e-6
-    assert report["break_even"]["volume"] == pytest.approx((730 * 0.10264 + 1040 / 12) / 1280e-6)
+    assert host["monthly_usd"]["value"] == pytest.approx(730 * HOUR + 1040 / 12)
+    # break-even with 1 replica: (host + one-offs per month) / API per request
+    assert report["break_even"]["volume"] == pytest.approx((730 * HOUR + 1040 / 12) / API_REQ)
     assert report["decision"]["verdict"] == "NEEDS-EVAL"
     # cascade: the same host + 25 % of the requests at the API's price
-    assert report["cascade"]["monthly_usd"] == pytest.approx(host["monthly_usd"]["value"] + 0.25 * 1280.0)
+    assert report["cascade"]["monthly_usd"] == pytest.approx(host["monthly_usd"]["value"] + 0.25 * API_REQ * 1e6)
     assert "cascade, 25% to API" in proc.stdout
     assert "gpt-4o vs smollm2-135m-instruct on aws-c7a-large" in proc.stdout
     assert "measured on AMD EPYC, 2 cores" in proc.stdout and "list price 2025-06" in proc.stdout
@@ -136,13 +143,13 @@ def test_slo_never_met_still_reports(cli, tmp_path):
         ({"--requests-per-month": "-5"}, "requests_per_month: Input should be greater than or equal to 0"),
         ({"--output-tokens": "0"}, "output_tokens: Input should be greater than 0"),
         ({"--cached-input-share": "1.5"}, "cached_input_share: Input should be less than or equal to 1"),
-        ({"--eng-hours": "-1"}, "one-off costs: engineering_hours"),
+        ({"--eng-hours": "-1"}, "one-off and operations costs: engineering_hours"),
         ({"--pricing": "reserved_1y"}, "no reserved_1y price known for this host"),
         ({"--model": "smollm2-360m-instruct"}, "bench report is for model 'smollm2-135m-instruct'"),
         ({"--deployment": "sometimes"}, "unknown deployment 'sometimes'"),
         ({"--host-price-per-hour": "1"}, "give exactly one of --host NAME or --host-price-per-hour"),
         ({"--escalation-share": "1.2"}, "--escalation-share must be in [0, 1]"),
-        ({"--amortise-months": "0"}, "one-off costs: amortise_months"),
+        ({"--amortise-months": "0"}, "one-off and operations costs: amortise_months"),
     ],
 )
 def test_bad_input_is_one_clear_error(cli, tmp_path, change, message):

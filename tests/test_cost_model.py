@@ -41,6 +41,10 @@ def workload(**kw) -> Workload:
     return Workload(**{"requests_per_month": R, "input_tokens": 200, "output_tokens": 20, **kw})
 
 
+# The hand-computed cases size replicas at 100 % of the SLO-meeting load; the default headroom is tested apart.
+FULL = {"target_utilisation": 1.0}
+
+
 def ten_to_one():
     # tin 1000, tout 100 tok/s and "1 output token = 10 input tokens": input share = 1000 / (1000 + 10·100) = 0.5
     # → 0.5 / 1000 = 0.0005 host-s per input token, 0.5 / 100 = 0.005 host-s per output token.
@@ -115,8 +119,9 @@ def test_self_hosted_always_on():
 
 
 def test_replicas_follow_the_peak():
-    # peak 1 req/s × 12 = 12 req/s at 5 req/s per replica → ceil(2.4) = 3 replicas, 3 × 730 × 3.6 = 7884
-    cost = self_hosted_cost(workload(peak_to_average=12), ten_to_one(), 3.6)
+    # at 100 % of the SLO load: peak 1 req/s × 12 = 12 req/s at 5 req/s per replica → ceil(2.4) = 3 replicas,
+    # 3 × 730 × 3.6 = 7884
+    cost = self_hosted_cost(workload(peak_to_average=12), ten_to_one(), 3.6, **FULL)
     assert (cost.replicas, cost.host_monthly_usd) == (3, approx(7884.0))
 
 
@@ -144,17 +149,17 @@ A = 2800e-6
 def test_break_even_always_on():
     w, cap, api = workload(peak_to_average=3), ten_to_one(), api_cost(workload(), price(10))
     assert api.per_request_usd == approx(A)
-    assert break_even(w, api, cap, 3.6).volume == approx(2628 / A)  # 938,571 requests/month
+    assert break_even(w, api, cap, 3.6, **FULL).volume == approx(2628 / A)  # 938,571 requests/month
     # one-off $1000/month: saving per full replica 4,380,000 A − 2628 = 9636 ≥ 1000 → 1 replica: (2628 + 1000) / A
-    assert break_even(w, api, cap, 3.6, one_off_monthly=1000).volume == approx(3628 / A)
+    assert break_even(w, api, cap, 3.6, one_off_monthly=1000, **FULL).volume == approx(3628 / A)
     # one-off $15000/month > 9636 → needs 2 replicas: (2 × 2628 + 15000) / A = 7,234,286 (inside (m, 2m])
-    be = break_even(w, api, cap, 3.6, one_off_monthly=15000)
+    be = break_even(w, api, cap, 3.6, one_off_monthly=15000, **FULL)
     assert be.volume == approx((2 * 2628 + 15000) / A)
     assert 4_380_000 < be.volume <= 8_760_000
 
     # and it really is the crossing
     def gap(v: float) -> float:
-        return self_hosted_cost(w.with_volume(v), cap, 3.6, one_off_monthly=15000).monthly_usd - A * v
+        return self_hosted_cost(w.with_volume(v), cap, 3.6, one_off_monthly=15000, **FULL).monthly_usd - A * v
 
     assert gap(be.volume) <= 1e-6 and gap(be.volume * 0.999) > 0
 
@@ -165,11 +170,11 @@ def test_break_even_says_where_a_new_replica_can_lose_again():
     # the API charges 4380, so self-hosting only stays cheaper from 2 × 2628 / 1e-3 = 5,256,000.
     w = workload(peak_to_average=3)
     be = break_even(
-        w, api_cost(w, price(input_per_1m=3, output_per_1m=20, cached_input_per_1m=None)), ten_to_one(), 3.6
+        w, api_cost(w, price(input_per_1m=3, output_per_1m=20, cached_input_per_1m=None)), ten_to_one(), 3.6, **FULL
     )
     assert (be.volume, be.stays_cheaper_from) == (approx(2_628_000), approx(5_256_000))
     assert "stays cheaper from 5,256,000" in be.reason
-    cost = self_hosted_cost(w.with_volume(4_400_000), ten_to_one(), 3.6)
+    cost = self_hosted_cost(w.with_volume(4_400_000), ten_to_one(), 3.6, **FULL)
     assert cost.replicas == 2 and cost.monthly_usd > 4_400_000 * 1e-3  # the window where the API wins again
 
 

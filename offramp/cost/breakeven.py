@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from offramp.cost.model import (
     HOURS_PER_MONTH,
     SECONDS_PER_MONTH,
+    TARGET_UTILISATION,
     ApiCost,
     Capacity,
     Deployment,
     SelfHostedCost,
     _AsDict,
+    _check_hosting,
     api_cost,
     self_hosted_cost,
 )
@@ -30,18 +32,31 @@ class BreakEven(_AsDict):
     reason: str
 
 
-def _step_crossing(a: float, h: float, m: float, f: float) -> tuple[float, float] | None:
-    """Where n·h + f ≤ a·V first holds, n = ceil(V / m) replicas at h $/month each carrying m requests/month,
-    and from where it holds for good: just above n·m the (n+1)-th replica can cost more than it saves yet."""
+def _step_crossing(a: float, h: float, m: float, f: float, b: int = 1, s: int = 0) -> tuple[float, float] | None:
+    """Where cost ≤ a·V first holds, and from where it holds for good.
+
+    Cost: j·b·h + f for j instances of b units (h $/month per unit) while the needed replicas k = ceil(V / m)
+    plus s spares fit in them: k + s ≤ j·b, i.e. V ≤ (j·b − s)·m. Within one j the API's cost rises and ours
+    stands still, so it holds somewhere in j iff it holds at the end: j·b·(a·m − h) ≥ f + s·a·m. Just after a
+    step the next instance may lose again; the start of j + 1 holds iff j·b·(a·m − h) ≥ f + s·a·m + b·h.
+    """
     margin = a * m - h  # what one fully loaded replica saves per month
-    if margin < 0 or (margin == 0 and f > 0):
+    need = f + s * a * m
+    if margin < 0 or (margin == 0 and need > 0):
         return None
-    n = 1 if f == 0 else max(1, math.ceil(f / margin - 1e-12))
-    first = (n * h + f) / a
+
+    def lower(j: int) -> float:
+        return max(((j - 1) * b - s) * m, 0.0)
+
+    def crossing_in(j: int) -> float:
+        return max((j * b * h + f) / a, lower(j))
+
+    j_min = math.ceil((1 + s) / b)
     if margin == 0:
-        return first, first
-    last_loss = math.ceil((h + f) / margin - 1e-12) - 1  # the last n whose (n+1)-th replica loses for a while
-    return first, max(first, ((last_loss + 1) * h + f) / a) if last_loss >= 1 else first
+        return crossing_in(j_min), crossing_in(j_min)
+    j = max(j_min, math.ceil(need / (b * margin) - 1e-12))
+    j_stable = max(j, math.ceil((need + b * h) / (b * margin) - 1e-12))
+    return crossing_in(j), crossing_in(j_stable)
 
 
 def break_even(
@@ -52,19 +67,27 @@ def break_even(
     *,
     deployment: Deployment = "always-on",
     autoscale_utilisation: float = 0.7,
+    target_utilisation: float = TARGET_UTILISATION,
+    spare_replicas: int = 0,
+    billing_unit: int = 1,
+    committed: bool = False,
     one_off_monthly: float = 0.0,
+    operations_monthly: float = 0.0,
     escalation_share: float = 0.0,
     local_sees_every_request: bool = True,
 ) -> BreakEven:
-    """Monthly volume where self-hosted (host + amortised one-offs) costs no more than the API.
+    """Monthly volume where self-hosted (host + amortised one-offs + operations) costs no more than the API.
 
-    Always-on: n replicas cost n·730·price and each carries `m` requests/month at the peak-to-average ratio,
-    so the cost is a step function; scale-to-zero also pays busy hours / autoscale utilisation when that is
-    less. With `escalation_share` e (a cascade) the API still answers e of the requests; the local model sees
-    every request (or only the kept 1 − e when `local_sees_every_request` is False).
+    Always-on: each replica costs 730·price and carries `m` requests/month at the target utilisation of its
+    SLO-meeting load and the peak-to-average ratio, so the cost is a step function (spares and the unit the host
+    is sold in included); scale-to-zero also pays busy hours / autoscale utilisation when that is less, unless
+    the price is committed (reserved). With `escalation_share` e (a cascade) the API still answers e of the
+    requests; the local model sees every request (or only the kept 1 − e when `local_sees_every_request` is
+    False).
     """
     if not 0 <= escalation_share <= 1:
         raise OfframpError(f"escalation share must be in [0, 1], got {escalation_share}")
+    _check_hosting(deployment, autoscale_utilisation, target_utilisation)
     k = 1.0 if local_sees_every_request else 1 - escalation_share  # local volume per request
     if k <= 0:
         return BreakEven(None, None, True, None, "every request is escalated: nothing is served locally")
@@ -73,24 +96,27 @@ def break_even(
     if a <= 0:
         return BreakEven(None, None, True, None, "nothing to save: the API costs nothing for the requests kept local")
     needed = full_load / a
+    fixed = one_off_monthly + operations_monthly
     h = price_per_hour * HOURS_PER_MONTH
-    m = cap.requests_per_s(w) * SECONDS_PER_MONTH / w.peak_to_average
-    crossings = [_step_crossing(a, h, m, one_off_monthly)]
-    if deployment == "scale-to-zero":  # paid hours = min(replicas × 730, busy / utilisation): linear part
-        per_request = full_load / autoscale_utilisation
-        if a > per_request or (a == per_request and one_off_monthly == 0):
-            linear = one_off_monthly / (a - per_request) if a > per_request else 0.0
+    m = cap.requests_per_s(w) * target_utilisation * SECONDS_PER_MONTH / w.peak_to_average
+    crossings = [_step_crossing(a, h, m, fixed, billing_unit, spare_replicas)]
+    scaling = deployment == "scale-to-zero" and not committed
+    if scaling:  # paid hours = min(replicas × 730, busy / utilisation × unit): the linear part
+        per_request = full_load / autoscale_utilisation * billing_unit
+        if a > per_request or (a == per_request and fixed == 0):
+            linear = fixed / (a - per_request) if a > per_request else 0.0
             crossings.append((linear, linear))
     found = [c for c in crossings if c is not None]
     if not found:
         why = (
-            f"one replica costs ${h:,.2f}/month and carries at most {m:,.0f} requests/month at peak/average "
-            f"{w.peak_to_average:g}; the API charges ${a * m:,.2f} for those"
+            f"one replica costs ${h:,.2f}/month and carries at most {m:,.0f} requests/month at "
+            f"{target_utilisation:.0%} of its SLO load and peak/average {w.peak_to_average:g}; the API charges "
+            f"${a * m:,.2f} for those"
         )
-        if deployment == "scale-to-zero":
+        if scaling:
             why += f"; scale-to-zero at {autoscale_utilisation:.0%} utilisation costs ${per_request:.3g}/request"
-        if one_off_monthly > 0 and a * m >= h:
-            why += f", which never recovers the one-off ${one_off_monthly:,.2f}/month"
+        if fixed > 0 and a * m >= h:
+            why += f", which never recovers the fixed ${fixed:,.2f}/month (one-offs amortised + operations)"
         return BreakEven(None, None, True, needed, f"the API is cheaper at every volume: {why}")
     volume, stable = min(c[0] for c in found) / k, min(c[1] for c in found) / k
     reason = (
@@ -145,7 +171,9 @@ def price_cut_sensitivity(
                 "api_monthly_usd": api.monthly_usd,
                 "self_hosted_monthly_usd": host.monthly_usd,
                 "break_even_requests_per_month": be.volume,
-                "payback_months": payback_months(one_off_total, api.monthly_usd, host.host_monthly_usd),
+                "payback_months": payback_months(
+                    one_off_total, api.monthly_usd, host.monthly_usd - host.one_off_monthly_usd
+                ),
             }
         )
     return rows

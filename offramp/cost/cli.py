@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from offramp.cost.report import OPS_HOURS_PER_MONTH, OPS_RATE_USD
 from offramp.errors import OfframpError
 
 Opt = typer.Option
@@ -24,6 +25,7 @@ def _load_inputs(
     workload_fields: dict[str, Any],
     workload_file: Path | None,
     prompts: Path | None,
+    api_prompts: Path | None,
     eval_path: Path | None,
     finetune: Path | None,
     one_off_fields: dict[str, Any],
@@ -34,19 +36,20 @@ def _load_inputs(
     from offramp.artifacts import load_report
     from offramp.cost.model import DEPLOYMENTS
     from offramp.cost.prices import adhoc_host, load_catalogue
-    from offramp.cost.report import Inputs, OneOff, same_model
-    from offramp.cost.workload import load_workload, measure_tokens
+    from offramp.cost.report import Inputs, OneOff, Operations, same_model
+    from offramp.cost.workload import load_workload, measure_api_prompts, measure_tokens
 
     if options["deployment"] not in DEPLOYMENTS:
         raise OfframpError(f"unknown deployment {options['deployment']!r}; use {' or '.join(DEPLOYMENTS)}")
-    if not 0 < options["autoscale_utilisation"] <= 1:
-        raise OfframpError(f"--autoscale-utilisation must be in (0, 1], got {options['autoscale_utilisation']}")
+    for flag in ("autoscale_utilisation", "target_utilisation"):
+        if not 0 < options[flag] <= 1:
+            raise OfframpError(f"--{flag.replace('_', '-')} must be in (0, 1], got {options[flag]}")
     if options["output_weight"] is not None and options["output_weight"] <= 0:
         raise OfframpError(f"--output-weight must be > 0, got {options['output_weight']}")
     if options["escalation_share"] is not None and not 0 <= options["escalation_share"] <= 1:
         raise OfframpError(f"--escalation-share must be in [0, 1], got {options['escalation_share']}")
     catalogue = load_catalogue(prices)
-    api_price = catalogue.api_price(api)
+    api_price = catalogue.api_price(api, allow_retired=options.pop("allow_retired"))
     if (host is None) == (host_price_per_hour is None):
         raise OfframpError("give exactly one of --host NAME or --host-price-per-hour USD")
     bench_report = load_report(bench, "bench")
@@ -63,6 +66,14 @@ def _load_inputs(
         if workload_fields.get("input_tokens") or workload_fields.get("output_tokens"):
             raise OfframpError("give either --prompts (measure tokens) or --input-tokens/--output-tokens, not both")
         workload_fields.update(measure_tokens(prompts, model or served[-1]))  # model_root over a served alias
+    if api_prompts is not None:
+        if workload_fields.get("api_input_tokens"):
+            raise OfframpError("give either --api-prompts (measure them) or --api-input-tokens, not both")
+        measured = measure_api_prompts(api_prompts, model or served[-1])
+        shared = measured.pop("api_shared_prefix_share")
+        workload_fields.update(measured)
+        if workload_fields.get("cached_input_share") is None:  # a prefix every call repeats is what the cache reuses
+            workload_fields["cached_input_share"] = shared
     workload = load_workload(workload_file, workload_fields, defaults=_bench_tokens(bench_report, bench))
     if finetune is not None:
         ft = load_report(finetune, "finetune")
@@ -72,9 +83,10 @@ def _load_inputs(
             one_off_fields.update(finetune_usd=ft.run_cost_usd, finetune_source=f"{finetune} run_cost_usd")
     try:
         one_off = OneOff(**one_off_fields)
+        operations = Operations(**options.pop("operations"))
     except ValidationError as e:
         first = e.errors()[0]
-        raise OfframpError(f"one-off costs: {first['loc'][0]}: {first['msg']}") from None
+        raise OfframpError(f"one-off and operations costs: {first['loc'][0]}: {first['msg']}") from None
     return Inputs(
         api_name=api,
         api_price=api_price,
@@ -85,6 +97,7 @@ def _load_inputs(
         workload=workload,
         pricing=pricing,
         one_off=one_off,
+        operations=operations,
         eval=load_report(eval_path, "eval") if eval_path is not None else None,
         **options,
     )
@@ -105,18 +118,15 @@ def _bench_tokens(bench, path: Path) -> dict[str, Any]:
 def _write_outputs(out: Path, inp, body: dict) -> tuple[Path, Path]:
     from offramp.cost.model import capacity_from_point
     from offramp.cost.plot import cost_curves, plot_breakeven, volume_range
-    from offramp.cost.report import sustainable_point
+    from offramp.cost.report import hosting, lowest_load, sustainable_point
     from offramp.reports import write_report
 
     point = sustainable_point(inp.bench, inp.workload)
-    cap = capacity_from_point(point, inp.output_weight) if point is not None else None
+    low = lowest_load(inp.bench)
+    cap = capacity_from_point(point, inp.output_weight, prefill_point=low) if point is not None else None
     crossing = (body.get("break_even") or {}).get("volume")
     volumes = volume_range(inp.workload.requests_per_month, crossing)
-    kw = {
-        "deployment": inp.deployment,
-        "autoscale_utilisation": inp.autoscale_utilisation,
-        "one_off_monthly": inp.one_off.monthly,
-    }
+    kw = hosting(inp)
     per_hour = inp.host.per_hour(inp.pricing)
     curves = cost_curves(inp.workload, inp.api_price, cap, per_hour, volumes, inp.escalation_share, **kw)
     try:
@@ -131,7 +141,7 @@ def _write_outputs(out: Path, inp, body: dict) -> tuple[Path, Path]:
             volumes,
             curves,
             api_label=f"{inp.api_name} ({body['api']['mode']})",
-            host_label=f"{inp.host_name} ({inp.deployment}, one-offs amortised)",
+            host_label=f"{inp.host_name} ({inp.deployment}, one-offs amortised, operations)",
             crossing=crossing,
             workload_volume=inp.workload.requests_per_month,
         )
@@ -159,6 +169,13 @@ def register(app: typer.Typer) -> None:
         input_tokens: Annotated[float | None, Opt(help="mean input tokens per request")] = None,
         output_tokens: Annotated[float | None, Opt(help="mean output tokens per request")] = None,
         prompts: Annotated[Path | None, Opt(help="chat JSONL to measure the tokens per request from")] = None,
+        api_prompts: Annotated[
+            Path | None, Opt(help="chat JSONL of the prompts the API is sent: priced on those, shared prefix cached")
+        ] = None,
+        api_input_tokens: Annotated[float | None, Opt(help="or: mean input tokens of the API's prompt")] = None,
+        reasoning_tokens: Annotated[float | None, Opt(help="hidden reasoning tokens per API request")] = None,
+        cache_write_share: Annotated[float | None, Opt(help="share of API input billed as cache writes")] = None,
+        allow_retired: Annotated[bool, Opt(help="price an API model its vendor has retired")] = False,
         cached_input_share: Annotated[float | None, Opt(help="share of input tokens hitting the prompt cache")] = None,
         peak_to_average: Annotated[float | None, Opt(help="peak / average request rate (default 2)")] = None,
         batch_tolerant: Annotated[bool | None, Opt(help="answers may wait for the batch API")] = None,
@@ -166,6 +183,10 @@ def register(app: typer.Typer) -> None:
         slo_tpot_ms: Annotated[float | None, Opt(help="p99 TPOT SLO (default: the bench's)")] = None,
         deployment: Annotated[str, Opt(help="always-on or scale-to-zero")] = "always-on",
         autoscale_utilisation: Annotated[float, Opt(help="busy share of paid hours when scaling")] = 0.7,
+        target_utilisation: Annotated[float, Opt(help="share of the SLO load the peak may use")] = 0.7,
+        n_plus_one: Annotated[bool, Opt(help="keep one spare replica beside those the peak needs")] = False,
+        ops_hours_per_month: Annotated[float, Opt(help="operations hours per month")] = OPS_HOURS_PER_MONTH,
+        ops_rate: Annotated[float, Opt(help="operations USD/hour")] = OPS_RATE_USD,
         output_weight: Annotated[float | None, Opt(help="split host cost: 1 output token = K input")] = None,
         escalation_share: Annotated[float | None, Opt(help="also price a cascade escalating this share")] = None,
         eval_report: Annotated[Path | None, Opt("--eval", help="eval_report.json: its gate decides quality")] = None,
@@ -189,6 +210,11 @@ def register(app: typer.Typer) -> None:
             "peak_to_average": peak_to_average,
             "batch_tolerant": batch_tolerant,
             "slo": slo,
+            "api_input_tokens": api_input_tokens,
+            "reasoning_tokens": reasoning_tokens,
+            "reasoning_source": "stated by the user (--reasoning-tokens)" if reasoning_tokens is not None else None,
+            "api_token_source": "stated by the user (--api-input-tokens)" if api_input_tokens else None,
+            "cache_write_share": cache_write_share,
         }
         one_off = {
             "eval_usd": eval_spend,
@@ -197,8 +223,10 @@ def register(app: typer.Typer) -> None:
             "amortise_months": amortise_months,
         }
         inp = _load_inputs(
-            api, bench, host, host_price_per_hour, prices, pricing, model, fields, workload, prompts, eval_report,
-            finetune, one_off, deployment=deployment, autoscale_utilisation=autoscale_utilisation,
+            api, bench, host, host_price_per_hour, prices, pricing, model, fields, workload, prompts, api_prompts,
+            eval_report, finetune, one_off, deployment=deployment, autoscale_utilisation=autoscale_utilisation,
+            target_utilisation=target_utilisation, spare_replicas=int(n_plus_one), allow_retired=allow_retired,
+            operations={"hours_per_month": ops_hours_per_month, "rate_usd": ops_rate},
             output_weight=output_weight, escalation_share=escalation_share,
         )  # fmt: skip
         body = analyse(inp)

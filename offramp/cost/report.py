@@ -18,9 +18,11 @@ from offramp.cost.breakeven import (
 )
 from offramp.cost.model import (
     HOURS_PER_MONTH,
+    TARGET_UTILISATION,
     Capacity,
     Deployment,
     api_cost,
+    bench_range_warnings,
     capacity_from_point,
     self_hosted_cost,
 )
@@ -29,17 +31,41 @@ from offramp.cost.sections import api_section, price_record, self_hosted_section
 from offramp.cost.workload import Workload
 from offramp.errors import OfframpError
 
-ASSUMPTIONS = [
-    "a month is 730 hours; the host is paid for every hour it is up (always-on) or for busy hours / autoscale "
-    "utilisation (scale-to-zero, cold starts not modelled)",
-    "replicas are sized so the peak request rate (average × peak-to-average) stays within the highest measured "
-    "load that met the latency SLO",
-    "the API is bought the cheapest way the workload allows: prompt-cache price for the cached share of input, "
-    "batch API when the workload tolerates it",
-    "the same token counts are used for the API and the local model (the vendor's tokenizer counts differently)",
-    "not modelled: API cache-write surcharges and cache storage, network egress, storage, on-call and upkeep hours "
-    "after launch (add them as engineering hours)",
-]
+OPS_HOURS_PER_MONTH = 4.0  # offramp's stated default: upgrades, monitoring, on-call share for one small service
+OPS_RATE_USD = 100.0  # per engineering hour; change both with --ops-hours-per-month / --ops-rate
+
+
+def assumptions(inp: Inputs) -> list[str]:
+    ops = inp.operations
+    return [
+        "a month is 730 hours; the host is paid for every hour it is up (always-on, and any reserved price: "
+        "reserved hours are paid busy or not) or for busy hours / autoscale utilisation (scale-to-zero on "
+        "demand prices, cold starts not modelled); a host sold only whole (an 8-GPU instance) is paid whole",
+        f"replicas are sized so the peak request rate (average × peak-to-average) uses at most "
+        f"{inp.target_utilisation:.0%} of the highest measured load that met the latency SLO (headroom for "
+        f"Poisson bursts){', plus one spare (N+1)' if inp.spare_replicas else ''}",
+        f"operations: {ops.hours_per_month:g} engineering hours/month at ${ops.rate_usd:,.2f}/hour "
+        "(offramp's default unless set: upgrades, monitoring, on-call) are paid every month on the self-hosted side",
+        "the API is bought the cheapest way the workload allows: prompt-cache prices for the cached share of input "
+        "(only for prompts at or above the vendor's cache minimum; cache writes billed where the vendor bills "
+        "them), batch API when the workload tolerates it",
+        "the API is priced on the prompt it is sent (api_input_tokens), the local model on its own prompt; both "
+        "are counted with the local model's tokenizer (the vendor's counts somewhat differently)",
+        "self-hosted capacity is measured with vLLM's prefix cache on, at the hit rate the bench's prompts reached; "
+        "a workload sharing more or less prefix than the bench is not extrapolated",
+        "not modelled: API cache storage fees, network egress, storage",
+    ]
+
+
+class Operations(BaseModel):
+    """Monthly running cost of the self-hosted side beyond the host: people's time."""
+
+    hours_per_month: float = Field(default=OPS_HOURS_PER_MONTH, ge=0)
+    rate_usd: float = Field(default=OPS_RATE_USD, ge=0)
+
+    @property
+    def monthly(self) -> float:
+        return self.hours_per_month * self.rate_usd
 
 
 class OneOff(BaseModel):
@@ -73,10 +99,43 @@ class Inputs:
     pricing: str = "on_demand"
     deployment: Deployment = "always-on"
     autoscale_utilisation: float = 0.7
+    target_utilisation: float = TARGET_UTILISATION
+    spare_replicas: int = 0
+    operations: Operations = field(default_factory=Operations)
     output_weight: float | None = None
     one_off: OneOff = field(default_factory=OneOff)
     eval: EvalReport | None = None
     escalation_share: float | None = None  # price a cascade too: this share of requests still goes to the API
+
+
+def hosting(inp: Inputs) -> dict[str, Any]:
+    """The keyword arguments every self-hosted cost function takes, from one place."""
+    return {
+        "deployment": inp.deployment,
+        "autoscale_utilisation": inp.autoscale_utilisation,
+        "target_utilisation": inp.target_utilisation,
+        "spare_replicas": inp.spare_replicas,
+        "billing_unit": inp.host.sold_in_multiples_of,
+        "committed": inp.pricing != "on_demand" and inp.pricing != "spot",
+        "one_off_monthly": inp.one_off.monthly,
+        "operations_monthly": inp.operations.monthly,
+    }
+
+
+def warnings(inp: Inputs, point: LoadPoint | None) -> list[str]:
+    """What the figures cannot vouch for, said where the reader sees the verdict."""
+    found = bench_range_warnings(inp.workload, inp.bench.points) if point is not None else []
+    if inp.api_price.reasoning and inp.workload.reasoning_tokens == 0:
+        found.append(
+            f"{inp.api_name} bills hidden reasoning tokens as output, and none were counted "
+            f"({inp.workload.reasoning_source}): the API's cost is understated; pass --reasoning-tokens"
+        )
+    if inp.workload.api_input_tokens is None:
+        found.append(
+            "the API is priced on the local model's prompt; an API call usually carries more (label list, "
+            "examples): pass --api-prompts or --api-input-tokens"
+        )
+    return found
 
 
 def same_model(a: str, b: str) -> bool:
@@ -105,7 +164,7 @@ def sustainable_point(bench: BenchReport, w: Workload) -> LoadPoint | None:
     return max(ok, key=lambda p: p.requests_per_s) if ok else None
 
 
-def _decision(inp: Inputs, api_monthly: float, host_monthly: float | None) -> dict[str, Any]:
+def _decision(inp: Inputs, api_monthly: float, host_monthly: float | None, warned: list[str]) -> dict[str, Any]:
     blockers, notes = [], []
     gate = inp.eval.gate if inp.eval else None
     if gate is not None and str(gate.get("verdict", "")).upper() != "GO":
@@ -123,7 +182,7 @@ def _decision(inp: Inputs, api_monthly: float, host_monthly: float | None) -> di
     elif not blockers:
         notes.append(f"quality gate passes: {gate.get('reason') or gate.get('expression', '')}")
     verdict = "NO-GO" if blockers else ("NEEDS-EVAL" if gate is None else "GO")
-    return {"verdict": verdict, "reasons": blockers + notes, "quality_gate": gate}
+    return {"verdict": verdict, "reasons": blockers + notes + [f"caution: {x}" for x in warned], "quality_gate": gate}
 
 
 def analyse(inp: Inputs) -> dict[str, Any]:
@@ -132,12 +191,7 @@ def analyse(inp: Inputs) -> dict[str, Any]:
     api = api_cost(w, inp.api_price)
     per_hour = inp.host.per_hour(inp.pricing)
     point = sustainable_point(bench, w)
-    one_off = inp.one_off
-    kw = {
-        "deployment": inp.deployment,
-        "autoscale_utilisation": inp.autoscale_utilisation,
-        "one_off_monthly": one_off.monthly,
-    }
+    one_off, kw = inp.one_off, hosting(inp)
     body: dict[str, Any] = {
         "model": bench.model,
         "api": api_section(inp, api),
@@ -147,26 +201,32 @@ def analyse(inp: Inputs) -> dict[str, Any]:
             "accelerator": inp.host.accelerator,
             "pricing": inp.pricing,
             "price_per_hour": price_record(per_hour, "USD/hour", inp.host),
+            "sold_in_multiples_of": inp.host.sold_in_multiples_of,
         },
         "workload": {**w.model_dump(), "hours_per_month": HOURS_PER_MONTH},
-        "assumptions": ASSUMPTIONS,
+        "assumptions": assumptions(inp),
+        "warnings": warnings(inp, point),
         "bench": {"path": str(inp.bench_path), "model": bench.model, "hardware": bench.hardware, "slo": bench.slo},
         "one_off": {**one_off.model_dump(), "total_usd": one_off.total, "monthly_usd": one_off.monthly},
+        "operations": {**inp.operations.model_dump(), "monthly_usd": inp.operations.monthly},
     }
     if point is None:
         body["self_hosted"] = None
         body["break_even"] = {"volume": None, "reason": "no load level of the bench met the latency SLO"}
-        body["decision"] = _decision(inp, api.monthly_usd, None)
+        body["decision"] = _decision(inp, api.monthly_usd, None, body["warnings"])
         body["summary"] = summary(inp, body)
         return body
-    cap = capacity_from_point(point, inp.output_weight)
+    cap = capacity_from_point(point, inp.output_weight, prefill_point=lowest_load(bench))
     host = self_hosted_cost(w, cap, per_hour, **kw)
     be = break_even(w, api, cap, per_hour, **kw)
     body["self_hosted"] = self_hosted_section(inp, point, cap, host)
     body["break_even"] = {
         **be.to_dict(),
-        "payback_months": payback_months(one_off.total, api.monthly_usd, host.host_monthly_usd),
-        "note": "volume in requests/month, counting the amortised one-off costs in the self-hosted cost",
+        "payback_months": payback_months(
+            one_off.total, api.monthly_usd, host.host_monthly_usd + host.operations_monthly_usd
+        ),
+        "note": "volume in requests/month, counting the amortised one-off costs and the monthly operations cost "
+        "in the self-hosted cost",
     }
     body["sensitivity"] = {
         "utilisation": utilisation_sensitivity(w, api, cap, per_hour),
@@ -174,9 +234,15 @@ def analyse(inp: Inputs) -> dict[str, Any]:
     }
     if inp.escalation_share is not None:
         body["cascade"] = _cascade_section(inp, cap, per_hour, kw)
-    body["decision"] = _decision(inp, api.monthly_usd, host.monthly_usd)
+    body["decision"] = _decision(inp, api.monthly_usd, host.monthly_usd, body["warnings"])
     body["summary"] = summary(inp, body)
     return body
+
+
+def lowest_load(bench: BenchReport) -> LoadPoint | None:
+    """The sweep's lightest completed load level (least queueing): where the prefill rate is read."""
+    done = [p for p in bench.points if p.completed > 0 and p.failed == 0]
+    return min(done, key=lambda p: p.requests_per_s) if done else None
 
 
 def _cascade_section(inp: Inputs, cap: Capacity, per_hour: float, kw: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,11 @@ def _unit(key: str) -> str:
         return "USD/month"
     if key.endswith("_rps"):
         return "requests/s"
-    units = {"per_request_usd": "USD/request", "price_per_hour": "USD/hour", "replicas": "hosts"}
+    units = {"per_request_usd": "USD/request", "price_per_hour": "USD/hour"}
+    if key.endswith("replicas"):
+        return "hosts"
+    if key.endswith("_tokens"):
+        return "tokens/request"
     return units.get(key) or ("hours/month" if key.endswith("_hours") else "share")
 
 
@@ -39,6 +43,7 @@ def summary(inp: Inputs, body: dict[str, Any]) -> dict[str, Any]:
     head = {
         "verdict": body["decision"]["verdict"],
         "requests_per_month": {"value": w.requests_per_month, "unit": "requests/month", "source": "user"},
+        "api_input_tokens": computed(api["input_tokens"]["value"], "tokens/request", body["api"]["prompt"]["source"]),
         "api_monthly_usd": {**api["monthly_usd"], **listed},
         "api_per_1m_tokens_usd": {**api["per_1m_tokens_usd"], **listed},
     }
@@ -52,6 +57,18 @@ def summary(inp: Inputs, body: dict[str, Any]) -> dict[str, Any]:
         **{f"self_hosted_{k}": {**sh[k], **hosted} for k in ("monthly_usd", "per_1m_input_usd", "per_1m_output_usd")},
         **{k: {**sh[k], **hosted} for k in ("floor_per_1m_input_usd", "floor_per_1m_output_usd", "replicas")},
         "utilisation": {**sh["utilisation"], **hosted},
+        "target_utilisation": {
+            "value": sh["target_utilisation"]["value"],
+            "unit": "share",
+            "source": "user",
+            "from": "peak uses at most this share of the SLO-meeting load",
+        },
+        "operations_monthly_usd": {
+            "value": sh["operations_monthly_usd"]["value"],
+            "unit": "USD/month",
+            "source": "user",
+            "from": "hours/month × rate (offramp default unless set)",
+        },
         "break_even_requests_per_month": computed(be["volume"], "requests/month", how),
         "payback_months": computed(be["payback_months"], "months", "one-off costs / monthly saving at this volume"),
     }
@@ -69,9 +86,24 @@ def api_section(inp: Inputs, api: ApiCost) -> dict[str, Any]:
             if p.cached_input_per_1m is None
             else price_record(p.cached_input_per_1m, "USD/1M tokens", p),
             "output_per_1m": price_record(p.output_per_1m, "USD/1M tokens", p),
+            "cache_write_per_1m": None
+            if p.cache_write_per_1m is None
+            else price_record(p.cache_write_per_1m, "USD/1M tokens", p),
             "batch_discount": price_record(p.batch_discount, "share", p),
         },
-        "cost": {k: computed(v, _unit(k), how) for k, v in api.to_dict().items() if k != "mode"},
+        "prompt": {
+            "input_tokens": api.input_tokens,
+            "source": inp.workload.api_token_source or f"the local model's prompt ({inp.workload.token_source})",
+            "reasoning_tokens": inp.workload.reasoning_tokens,
+            "reasoning_source": inp.workload.reasoning_source,
+            "cache": api.cache_note,
+            "cache_min_prompt_tokens": p.cache_min_prompt_tokens,
+        },
+        "cost": {
+            k: computed(v, _unit(k), how)
+            for k, v in api.to_dict().items()
+            if k not in ("mode", "cache_note") and v is not None
+        },
     }
 
 
@@ -90,4 +122,9 @@ def self_hosted_section(inp: Inputs, point: LoadPoint, cap: Capacity, host: Self
         "capacity": cap.to_dict(),
         "cost": {k: computed(v, _unit(k), how) for k, v in host.to_dict().items() if k != "deployment"},
         "deployment": inp.deployment,
+        "prefix_cache": {
+            "hit_rate": inp.bench.prefix_cache_hit_rate,
+            "credit": "already in the measured throughput (vLLM's prefix cache was on in the bench); not "
+            "extrapolated to the workload's own shared-prefix share",
+        },
     }

@@ -31,12 +31,17 @@ def _self_hosted_rows(table: Table, inp, body: dict) -> None:
     sh, be, w = body["self_hosted"], body["break_even"], inp.workload
     c = sh["cost"]
     table.add_row("replica throughput at SLO", f"{_v(sh, 'capacity_rps'):.3g} req/s", "measured [2]")
-    table.add_row("replicas for the peak", str(c["replicas"]["value"]), f"peak/average {w.peak_to_average:g}")
+    target = f"{c['target_utilisation']['value']:.0%} of SLO load"
+    spare = c["spare_replicas"]["value"]
+    shown = f"{c['replicas']['value']}" + (f" (incl. {spare} spare)" if spare else "")
+    table.add_row("replicas for the peak", shown, f"peak/average {w.peak_to_average:g}, {target}")
     util = c["utilisation"]["value"]
     table.add_row("busy share of paid hours", "—" if util is None else f"{util:.1%}", sh["deployment"])
     table.add_row("self-hosted host / month", _usd(_v(sh, "host_monthly_usd")), "[3] × paid hours")
     months = inp.one_off.amortise_months
     table.add_row("+ one-off / month", _usd(_v(sh, "one_off_monthly_usd")), f"{_usd(inp.one_off.total)} / {months} mo")
+    ops = inp.operations
+    table.add_row("+ operations / month", _usd(ops.monthly), f"{ops.hours_per_month:g} h × {_usd(ops.rate_usd)}")
     per = f"{_usd(_v(sh, 'per_1m_input_usd'), 4)}, {_usd(_v(sh, 'per_1m_output_usd'), 4)}"
     table.add_row("self-hosted $/1M in, out", per, "at that busy share")
     floor = f"{_usd(_v(sh, 'floor_per_1m_input_usd'), 4)}, {_usd(_v(sh, 'floor_per_1m_output_usd'), 4)}"
@@ -65,6 +70,7 @@ def print_summary(inp, body: dict[str, Any], console: Console | None = None) -> 
         table.add_column(name, justify=justify)
     table.add_row("requests / month", f"{w.requests_per_month:,.0f}", "workload")
     table.add_row("tokens / request in, out", f"{w.input_tokens:,.1f}, {w.output_tokens:,.1f}", "workload [4]")
+    table.add_row("API prompt tokens", f"{api['prompt']['input_tokens']:,.0f}", "[5]")
     table.add_row(f"API ({api['mode']}) / month", _usd(_v(api, "monthly_usd")), _listed(inp.api_price) + " [1]")
     table.add_row("API $/1M tokens, blended", _usd(_v(api, "per_1m_tokens_usd"), 4), "[1] × token mix")
     table.add_row("host $/hour", _usd(body["host"]["price_per_hour"]["value"], 4), _listed(inp.host) + " [3]")
@@ -78,8 +84,10 @@ def print_summary(inp, body: dict[str, Any], console: Console | None = None) -> 
         f"[2] {inp.bench_path}, measured on {_hardware(inp.bench.hardware)}",
         f"[3] {inp.host.source}",
         f"[4] {w.token_source}",
+        f"[5] {api['prompt']['source']}; cache: {api['prompt']['cache']}",
         *([f"host cost split: {sh['split_rule']}"] if sh is not None else []),
         f"break-even: {body['break_even']['reason']}",
+        *(f"caution: {x}" for x in body.get("warnings", [])),
     ]
     for line in notes:
         console.print(line, markup=False)

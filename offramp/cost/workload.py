@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from offramp.errors import OfframpError
 
@@ -25,10 +25,25 @@ class Workload(BaseModel):
     input_tokens: float = Field(gt=0, description="mean input tokens per request")
     output_tokens: float = Field(gt=0, description="mean output tokens per request")
     cached_input_share: float = Field(default=0.0, ge=0, le=1, description="share of input hitting the prompt cache")
+    cache_write_share: float | None = Field(
+        default=None, ge=0, le=1, description="share of API input billed as cache writes; None: all not read"
+    )
+    api_input_tokens: float | None = Field(
+        default=None, gt=0, description="mean input tokens of the API's own prompt; None: input_tokens"
+    )
+    api_token_source: str | None = None
+    reasoning_tokens: float = Field(default=0.0, ge=0, description="hidden reasoning tokens per API request")
+    reasoning_source: str = "none counted"
     peak_to_average: float = Field(default=2.0, ge=1, description="peak request rate / monthly average rate")
     slo: Slo | None = None  # None: take the SLO the bench report was run with
     batch_tolerant: bool = False  # answers may take up to 24 h: the batch API is allowed
     token_source: str = "stated by the user"
+
+    @model_validator(mode="after")
+    def _shares_fit(self) -> Workload:
+        if self.cache_write_share is not None and self.cached_input_share + self.cache_write_share > 1:
+            raise ValueError("cached_input_share + cache_write_share exceed 1")
+        return self
 
     def with_volume(self, requests_per_month: float) -> Workload:
         return self.model_copy(update={"requests_per_month": requests_per_month})
@@ -125,4 +140,37 @@ def measure_tokens(path: Path, model_ref: str | None) -> dict[str, Any]:
         "input_tokens": max(sum(ins) / len(ins), 1.0),
         "output_tokens": max(sum(outs) / len(outs), 1.0),
         "token_source": source,
+    }
+
+
+def _common_prefix(seqs: list[list]) -> int:
+    first = seqs[0]
+    n = len(first)
+    for seq in seqs[1:]:
+        n = next((i for i, (a, b) in enumerate(zip(first[:n], seq, strict=False)) if a != b), min(n, len(seq)))
+    return n
+
+
+def measure_api_prompts(path: Path, model_ref: str | None) -> dict[str, Any]:
+    """Mean input tokens of the prompts the API is sent, and the share every prompt shares as a prefix (what the
+    vendor's prompt cache can reuse). Counted like `measure_tokens`; the answers are not needed."""
+    from offramp.data import load_chat_jsonl
+
+    records = load_chat_jsonl(Path(path), need_assistant=False)
+    prompts = [r["messages"][:-1] if r["messages"][-1]["role"] == "assistant" else r["messages"] for r in records]
+    tok, why = _tokenizer(model_ref)
+    if tok is not None:
+        seqs = [_ids(tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True)) for p in prompts]
+        how = f"the tokenizer of {why} (the vendor's counts somewhat differently)"
+    else:
+        seqs = [list(" ".join(m["content"] for m in p)) for p in prompts]
+        how = f"ESTIMATED as characters/4 ({why})"
+    scale = 1 if tok is not None else 1 / CHARS_PER_TOKEN
+    mean = max(sum(len(x) for x in seqs) / len(seqs) * scale, 1.0)
+    prefix = _common_prefix(seqs) * scale if len(seqs) > 1 else 0.0
+    return {
+        "api_input_tokens": mean,
+        "api_shared_prefix_share": min(prefix / mean, 1.0),
+        "api_token_source": f"measured on the {len(seqs)} API prompts of {path} with {how}; "
+        f"{prefix:,.0f} tokens are a prefix every prompt shares",
     }
