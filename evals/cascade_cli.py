@@ -29,13 +29,15 @@ def _system(report: dict, name: str, role: str) -> dict:
 
 
 def _per_request(breakeven: dict, path: Path) -> tuple[float, float, dict]:
-    try:
-        local = breakeven["self_hosted"]["cost"]["per_request_usd"]["value"]
-        api = breakeven["api"]["cost"]["per_request_usd"]["value"]
-    except (KeyError, TypeError):
+    """The two $ per request of a validated breakeven report (BreakevenReport): self_hosted is None, or its
+    value is, when no load level of the bench met the SLO or the host served nothing."""
+    hosted = breakeven["self_hosted"]
+    local = hosted["cost"]["per_request_usd"]["value"] if hosted else None
+    api = breakeven["api"]["cost"]["per_request_usd"]["value"]
+    if local is None or api is None:
         raise OfframpError(
             f"{path}: no self-hosted and API cost per request (did a load level of the bench meet the SLO?)"
-        ) from None
+        )
     source = {
         "local_usd_per_query": {"value": local, "source": "computed", "from": f"self-hosted cost per request, {path}"},
         "api_usd_per_query": {"value": api, "source": "computed", "from": f"API list price per request, {path}"},
@@ -123,6 +125,7 @@ def cascade_command(
     target is chosen on a calibration split and reported on a disjoint test split."""
     from offramp.evals.cascade import evaluate, parse_target
 
+    from offramp.artifacts import load_report
     from offramp.reports import write_report
 
     parse_target(target, max_escalation)  # bad targets fail before any file is read
@@ -130,7 +133,7 @@ def cascade_command(
     for path in (eval_report, breakeven):
         if not path.is_file():
             raise OfframpError(f"{path}: no such file")
-    report, be = read_json(eval_report), read_json(breakeven)
+    report, be = read_json(eval_report), load_report(breakeven, "breakeven").model_dump()
     cand = candidate or report.get("candidate")
     base = baseline or report.get("baseline")
     if not cand or not base:

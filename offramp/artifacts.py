@@ -8,7 +8,7 @@ these models, which pin the fields consumers rely on (producers may add more: ex
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -107,8 +107,127 @@ class QuantizeReport(_Report):
     base_perplexity: float
 
 
+class _Section(BaseModel):
+    """A part of a report a consumer reaches into: its pinned keys, and every other key kept as written."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Figure(_Section):
+    """One number with its provenance record beside it (source, unit, date / hardware…: kept, not pinned)."""
+
+    value: float | None
+
+
+class _PerRequest(_Section):
+    per_request_usd: Figure
+
+
+class ApiListPrices(_Section):
+    input_per_1m: Figure
+
+
+class ApiSection(_Section):
+    name: str
+    cost: _PerRequest
+    list_prices: ApiListPrices
+
+
+class SelfHostedSection(_Section):
+    cost: _PerRequest  # per_request_usd's value is None when the host serves no request at the achieved load
+
+
+class Decision(_Section):
+    verdict: str  # GO / NO-GO / NEEDS-EVAL
+    reasons: list[str]
+
+
+class BreakEvenVolume(_Section):
+    volume: float | None  # requests/month; None: self-hosting is never cheaper (or no load level met the SLO)
+
+
+class CascadeCost(_Section):
+    """Breakeven's price of a cascade escalating `escalation_share` of the requests to the API."""
+
+    escalation_share: float
+    monthly_usd: float
+    local_monthly_usd: float
+    escalated_api_monthly_usd: float
+    break_even_vs_api: BreakEvenVolume
+
+
+class BreakevenReport(_Report):
+    stage: Literal["breakeven"] = "breakeven"
+    api: ApiSection
+    self_hosted: SelfHostedSection | None  # None: no load level of the bench met the latency SLO
+    break_even: BreakEvenVolume
+    decision: Decision
+    summary: dict[str, Any]  # the headline figures, flat, each with its provenance (the pipeline report's table)
+    cascade: CascadeCost | None = None  # only with --escalation-share
+
+
+class CascadePoint(_Section):
+    """One threshold of the cascade: the share kept local, its accuracy (percent) and $ per 1k queries."""
+
+    threshold: float
+    local_share: float
+    accuracy: float
+    usd_per_1k_queries: float
+
+
+class CascadeReport(_Report):
+    stage: Literal["cascade"] = "cascade"
+    candidate: str
+    baseline: str
+    target: str
+    confidence: str
+    n_calibration: int
+    n_test: int
+    estimated: bool  # the baseline's answers were not measured: escalated queries credited its cited accuracy
+    escalation_share: float  # the share the chosen threshold escalates on the test split (breakeven prices it)
+    chosen_on_calibration: CascadePoint
+    on_test: CascadePoint
+    all_local_test: CascadePoint
+    all_api_test: CascadePoint
+    curve_test: list[CascadePoint]
+
+
+class DataReport(_Report):
+    stage: Literal["data"] = "data"
+    hardware: dict | None = None  # data prep measures nothing
+    source: str
+    seed: int
+    prompt_style: str
+    labels: int  # size of the label set
+    train: int  # records in train.jsonl
+    test: int  # records in test.jsonl
+
+
+class EmulateCheck(_Section):
+    heldout: str
+    samples: int
+    gptq_perplexity: float
+    dense_perplexity: float
+    relative_difference: float
+    limit: float
+
+
+class EmulateReport(_Report):
+    stage: Literal["emulate"] = "emulate"
+    emulates: str  # the GPTQ checkpoint this dense copy stands in for
+    emulated_method: str | None  # its quantize method (None when it has no quantize_report.json)
+    note: str
+    dtype: str
+    check: EmulateCheck
+    seconds: float
+
+
 REPORTS: dict[str, type[_Report]] = {
     "bench": BenchReport,
+    "breakeven": BreakevenReport,
+    "cascade": CascadeReport,
+    "data": DataReport,
+    "emulate": EmulateReport,
     "eval": EvalReport,
     "finetune": FinetuneReport,
     "quantize": QuantizeReport,
@@ -134,7 +253,12 @@ def load_report(path: Path, kind: str) -> _Report:
 
 __all__ = [
     "BenchReport",
+    "BreakevenReport",
+    "CascadeReport",
+    "DataReport",
+    "EmulateReport",
     "EvalReport",
+    "Figure",
     "FinetuneReport",
     "Interval",
     "LoadPoint",

@@ -105,6 +105,8 @@ def tiny_vs_api(tmp_path_factory, tiny_model):
     from fake_openai import FakeOpenAI
     from test_eval_run import banking77_subset, wrong_for
 
+    from offramp.reports import write_report
+
     d = tmp_path_factory.mktemp("cascade")
     gold = banking77_subset(d / "task.jsonl", n_labels=6, per_label=4)
     with FakeOpenAI(wrong_for(gold, _API_WRONG), api_key="sk-test") as api:
@@ -113,9 +115,12 @@ def tiny_vs_api(tmp_path_factory, tiny_model):
         args += ["--system", "api=openai:gpt-4o-mini", "--no-cache", "--out", str(d / "eval")]
         res = subprocess.run([sys.executable, "-m", "offramp", *args], env=env, capture_output=True, text=True)
         assert res.returncode == 0, res.stderr[-3000:]
-    costs = {"self_hosted": {"cost": {"per_request_usd": {"value": 0.0001}}}}
-    costs["api"] = {"cost": {"per_request_usd": {"value": 0.002}}}
-    (d / "breakeven_report.json").write_text(json.dumps(costs))
+    # a breakeven report with round $ per request (the fields BreakevenReport pins, as `offramp breakeven` writes)
+    costs = {"self_hosted": {"cost": {"per_request_usd": {"value": 0.0001}}}, "summary": {}}
+    costs["api"] = {"name": "gpt-4o-mini", "cost": {"per_request_usd": {"value": 0.002}}}
+    costs["api"]["list_prices"] = {"input_per_1m": {"value": 0.15}}
+    costs |= {"break_even": {"volume": 1000.0}, "decision": {"verdict": "GO", "reasons": []}}
+    write_report(d / "breakeven_report.json", "breakeven", costs)
     return d, gold
 
 
