@@ -147,6 +147,11 @@ def cited_result(system: CitedSystem, task: EvalTask) -> dict:
         "macro_f1": None,
         "invalid_rate": None,
         "reference": c.reference,
+        **(
+            {"cited_cost": {"usd": c.cost_usd, "queries": c.cost_queries, "reference": c.cost_reference}}
+            if c.cost_usd is not None
+            else {}
+        ),
         "notes": [
             f"cited, not measured: {c.metric} {c.value} on the full {c.task} test set, stands for "
             f"{METRIC_AS.get(c.metric, c.metric)}; no interval (the paper gives none) and no per-query answers",

@@ -40,6 +40,19 @@ def system_prompt(labels: list[str], style: str = "short", task: str = "customer
     raise OfframpError(f"unknown system prompt style {style!r}; use short or labels")
 
 
+API_PROMPT = "the label list and one training example per label (the 1-shot setting of the cited GPT-4 score)"
+
+
+def api_system_prompt(labels: list[str], train: list[Example], task: str = "customer banking query") -> str:
+    """The prompt an API call carries for this task: an API model cannot be fine-tuned here, so it needs the label
+    list and examples (Loukas et al. 2023's 1-shot prompt, on which the cited GPT-4 score was measured)."""
+    first: dict[str, str] = {}
+    for e in train:
+        first.setdefault(e.label, e.text)
+    examples = "\n".join(f"{first[label]} => {label}" for label in labels if label in first)
+    return f"{system_prompt(labels, 'labels', task)}\nOne example per label:\n{examples}"
+
+
 def to_chat(ex: Example, system: str) -> dict:
     return {
         "messages": [
@@ -215,6 +228,8 @@ def prepare(
     with atomic_dir(Path(out), overwrite=overwrite, force=force) as tmp:
         n_train = write_jsonl(tmp / "train.jsonl", (to_chat(e, system) for e in train))
         n_test = write_jsonl(tmp / "test.jsonl", (to_chat(e, system) for e in test))
+        api_system = api_system_prompt(labels, train)
+        write_jsonl(tmp / "api_prompts.jsonl", (to_chat(e, api_system) for e in test))
         write_json(tmp / "labels.json", labels)
         report = {
             "stage": "data",
@@ -224,6 +239,7 @@ def prepare(
             "per_label": per_label,
             "test_per_label": test_per_label,
             "prompt_style": prompt_style,
+            "api_prompts": {"file": "api_prompts.jsonl", "template": API_PROMPT},
             "labels": len(labels),
             "train": n_train,
             "test": n_test,

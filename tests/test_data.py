@@ -23,6 +23,21 @@ def test_banking77_subset_counts_and_labels(tmp_path):
     assert len(load_labels(tmp_path / "b77")) == 77
 
 
+def test_api_prompts_carry_what_an_api_model_needs_to_answer(tmp_path):
+    # The API cannot be fine-tuned here: its prompt lists every label and one training example of each (#18.2).
+    prepare("banking77", tmp_path / "b", per_label=2, test_per_label=1)
+    labels = load_labels(tmp_path / "b")
+    api = [json.loads(x) for x in (tmp_path / "b/api_prompts.jsonl").read_text().splitlines()]
+    test = [json.loads(x) for x in (tmp_path / "b/test.jsonl").read_text().splitlines()]
+    assert [r["messages"][1:] for r in api] == [r["messages"][1:] for r in test]  # same queries and answers
+    system = api[0]["messages"][0]["content"]
+    assert {r["messages"][0]["content"] for r in api} == {system}  # one shared prefix: what the cache reuses
+    train = [json.loads(x)["messages"] for x in (tmp_path / "b/train.jsonl").read_text().splitlines()]
+    shots = [line for line in system.splitlines() if " => " in line]
+    assert sorted(line.rsplit(" => ", 1)[1] for line in shots) == sorted(labels)
+    assert all(line.rsplit(" => ", 1)[0] in {m[1]["content"] for m in train} for line in shots)
+
+
 def test_banking77_full_split_matches_the_published_sizes(tmp_path):
     report = prepare("banking77", tmp_path / "full")
     assert (report["train"], report["test"], report["labels"]) == (10003, 3080, 77)

@@ -45,11 +45,13 @@ def test_bad_config_names_the_key(tmp_path, yaml_text, message):
         load_config(f)
 
 
-def test_baseline_falls_back_to_cited_score_without_a_key(monkeypatch):
+def test_baseline_falls_back_to_cited_score_under_its_own_name_without_a_key(monkeypatch):
+    # a cited GPT-4 score shown under the configured API's name ("gpt-4o-mini 80.40") was a defect (#18.2)
+    args = ("gpt-4o-mini", "openai:gpt-4o-mini", "cited:banking77/gpt-4-1shot")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    assert baseline_spec("openai:gpt-4o-mini", "cited:banking77/gpt-4-1shot") == "cited:banking77/gpt-4-1shot"
+    assert baseline_spec(*args) == ("gpt-4-1shot-cited", "cited:banking77/gpt-4-1shot")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    assert baseline_spec("openai:gpt-4o-mini", "cited:banking77/gpt-4-1shot") == "openai:gpt-4o-mini"
+    assert baseline_spec(*args) == ("gpt-4o-mini", "openai:gpt-4o-mini")
 
 
 def _counting_stages(calls: list[str], rank: int = 8, fail: str | None = None) -> list[Stage]:

@@ -36,8 +36,10 @@ def cost_curves(
     return curves
 
 
-def plot_breakeven(
-    path: Path,
+NO_LOAD_MET_SLO = "self-hosted not drawn: no load level of the bench met the latency SLO"
+
+
+def breakeven_figure(
     volumes: np.ndarray,
     curves: dict[str, list[float]],
     *,
@@ -45,20 +47,23 @@ def plot_breakeven(
     host_label: str,
     crossing: float | None,
     workload_volume: float,
-) -> None:
-    import matplotlib
+):
+    """The figure (a matplotlib Figure, not yet saved): the legend sits below the axes, so it hides no curve
+    and no note; the 'no load met the SLO' note is drawn only when there is no self-hosted curve."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
+    fig = Figure(figsize=(8, 5.6), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)  # drawn off-screen, no pyplot state
+    ax = fig.add_subplot()
     ax.plot(volumes, curves["api"], label=f"API: {api_label}", color="tab:red")
     if "self_hosted" in curves:
         ax.plot(volumes, curves["self_hosted"], label=f"self-hosted: {host_label}", color="tab:blue")
+    else:
+        box = {"facecolor": "white", "edgecolor": "tab:blue", "alpha": 0.9}
+        ax.text(0.5, 0.5, NO_LOAD_MET_SLO, transform=ax.transAxes, ha="center", va="center", color="tab:blue", bbox=box)
     if "cascade" in curves:
         ax.plot(volumes, curves["cascade"], label="cascade: self-hosted + escalated to the API", color="tab:purple")
-    else:
-        ax.text(0.5, 0.9, "self-hosted: no load met the SLO", transform=ax.transAxes, ha="center")
     if crossing:
         api_at = float(np.interp(crossing, volumes, curves["api"]))
         ax.axvline(crossing, color="gray", linestyle="--", linewidth=1)
@@ -75,7 +80,21 @@ def plot_breakeven(
     ax.set_ylabel("USD per month")
     ax.set_title("Monthly cost: API vs self-hosted")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
+    fig.legend(loc="outside lower center", fontsize=8, ncols=2)
+    return fig
+
+
+def plot_breakeven(
+    path: Path,
+    volumes: np.ndarray,
+    curves: dict[str, list[float]],
+    *,
+    api_label: str,
+    host_label: str,
+    crossing: float | None,
+    workload_volume: float,
+) -> None:
+    fig = breakeven_figure(
+        volumes, curves, api_label=api_label, host_label=host_label, crossing=crossing, workload_volume=workload_volume
+    )
     fig.savefig(path, format="png")
-    plt.close(fig)

@@ -39,7 +39,7 @@ def price_record(value: float, unit: str, entry: ApiPrice | HostPrice) -> dict[s
 def summary(inp: Inputs, body: dict[str, Any]) -> dict[str, Any]:
     """The headline figures, flat, each with its provenance (the pipeline report shows this table)."""
     api, be, w = body["api"]["cost"], body["break_even"], inp.workload
-    listed = {"date": inp.api_price.date, "reference": inp.api_price.source}
+    listed = {"date": inp.api_price.date, "reference": inp.api_price.source, "verified": inp.api_price.verified}
     head = {
         "verdict": body["decision"]["verdict"],
         "requests_per_month": {"value": w.requests_per_month, "unit": "requests/month", "source": "user"},
@@ -50,7 +50,12 @@ def summary(inp: Inputs, body: dict[str, Any]) -> dict[str, Any]:
     if body["self_hosted"] is None:
         return {**head, "self_hosted": "no load level of the bench met the latency SLO"}
     sh = body["self_hosted"]["cost"]
-    hosted = {"date": inp.host.date, "reference": inp.host.source, "hardware": inp.bench.hardware}
+    hosted = {
+        "date": inp.host.date,
+        "reference": inp.host.source,
+        "verified": inp.host.verified,
+        "hardware": inp.bench.hardware,
+    }
     how = "prices × measured throughput × workload"
     return {
         **head,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,10 @@ def collect(cfg: dict, results: list[StageResult]) -> dict:
 
     ev = report("eval", "eval_report.json", "eval")
     bench = report("bench", "bench_report.json", "bench")
-    be = report("breakeven", "breakeven_report.json")
-    ft = report("finetune", "ft/finetune_report.json")
-    cascade = report("cascade", "cascade/cascade_report.json")
-    cascade_cost = report("cascade", "breakeven/breakeven_report.json")
+    be = report("breakeven", "breakeven_report.json", "breakeven")
+    ft = report("finetune", "ft/finetune_report.json", "finetune")
+    cascade = report("cascade", "cascade/cascade_report.json", "cascade")
+    cascade_cost = report("cascade", "breakeven/breakeven_report.json", "breakeven")
     quantized = quantized_candidates(dirs, ev, problems)
     failed = [r for r in results if r.status in ("failed", "skipped")]
     return {
@@ -106,12 +107,53 @@ def quantized_candidates(dirs: dict[str, Path], ev: dict | None, problems: list[
     return rows
 
 
+def baseline_sources(ev: dict | None, be: dict | None) -> str:
+    """Whose quality and whose price the verdict compares, each with its source, and whether they are one model."""
+    if not ev or not ev.get("gate", {}).get("baseline"):
+        return ""
+    base = next((s for s in ev["systems"] if s["name"] == ev["gate"]["baseline"]), None)
+    if base is None:
+        return ""
+    if base["source"] == "cited":
+        quality = (
+            f"baseline quality: {base.get('model') or base['name']} {base['accuracy']['value']:.1f} % is cited "
+            f"({base.get('reference')}), not measured here"
+        )
+    else:
+        quality = f"baseline quality: {base['name']} ({base['spec']}) measured here on {ev['n_queries']} queries"
+    if not be or not be.get("api"):
+        return quality
+    api = be["api"]
+    prompt = api.get("prompt") or {}
+    per_request = api["cost"]["per_request_usd"]["value"]
+    listed = api["list_prices"]["input_per_1m"]
+    price = (
+        f"API price: {api['name']} list price {listed.get('date')} on a {prompt.get('input_tokens', 0):,.0f}-token "
+        f"prompt (${per_request * 1000:,.2f} per 1,000 requests)"
+    )
+    same = base["source"] != "cited" and base["spec"].rsplit(":", 1)[-1] == api["name"]
+    parts = [quality, price]
+    if not same:
+        parts.append(
+            "quality and price are of different models: the price is what the team would pay for the configured "
+            "API, the quality a published score of another (set the API's key to measure it)"
+        )
+    if cost := base.get("cited_cost"):
+        parts.append(
+            f"cited cost: {base.get('model')} ${cost['usd']:,.0f} for {cost['queries']:,} queries = "
+            f"${cost['usd'] / cost['queries'] * 1000:,.2f} per 1,000 ({cost['reference']}, prices of its date)"
+        )
+    return "; ".join(parts)
+
+
 def verdict(ev: dict | None, be: dict | None, failed: list[StageResult], problems: list[str]) -> dict:
     if problems:
         return {"verdict": "INCOMPLETE", "reason": f"unreadable stage reports: {'; '.join(problems)}"}
     if be and isinstance(be.get("decision"), dict):
         d = be["decision"]
-        return {"verdict": d.get("verdict", "?"), "reason": "; ".join(d.get("reasons") or []) or d.get("reason", "")}
+        reason = "; ".join(d.get("reasons") or []) or d.get("reason", "")
+        sources = baseline_sources(ev, be)
+        return {"verdict": d.get("verdict", "?"), "reason": reason + (f". {sources}" if sources else "")}
     if ev:
         gate = ev["gate"]
         return {"verdict": gate.get("verdict", "?"), "reason": f"quality gate only: {gate.get('reason', '')}"}
@@ -135,6 +177,8 @@ def quality_plot(ev: dict) -> str:
         acc = s["accuracy"]
         color = "#888" if s["source"] == "cited" else "#1f6feb"
         ax.barh(i, acc["value"], color=color)  # percent points
+        if s["source"] == "cited" or acc.get("ci_low") is None or acc.get("ci_high") is None:
+            continue  # a cited score has no interval: an error bar of width zero would look measured
         ax.errorbar(
             acc["value"],
             i,
@@ -154,7 +198,7 @@ def quality_plot(ev: dict) -> str:
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_plain(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -163,16 +207,47 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{x:.1f} %"
 
 
+def _accuracy(a: dict, cited: bool) -> str:
+    """A score with its 95 % interval; a cited score has none (a zero-width interval would look measured)."""
+    if cited:
+        return f"{_pct(a['value'])} (cited, no interval)"
+    if a.get("ci_low") is None or a.get("ci_high") is None:
+        return _pct(a["value"])
+    return f"{_pct(a['value'])} [{_pct(a['ci_low'])}, {_pct(a['ci_high'])}]"
+
+
+def _slo(slo: dict | None) -> str:
+    """The latency SLO in words: p99 TTFT ≤ 2 s, p99 TPOT ≤ 200 ms."""
+    names = {"p99_ttft_s": ("p99 TTFT", "s"), "p99_tpot_ms": ("p99 TPOT", "ms")}
+    parts = []
+    for k, x in (slo or {}).items():
+        if x is None:
+            continue
+        name, unit = names.get(k, (k.replace("_", " "), ""))
+        parts.append(f"{name} ≤ {_num(x)} {unit}".strip())
+    return ", ".join(parts) or "none set"
+
+
+def _seconds(x: float | None) -> str:
+    if x is None:
+        return "–"
+    if x < 60:
+        return f"{x:.1f} s"
+    m, sec = divmod(round(x), 60)
+    return f"{m} min {sec} s" if m < 60 else f"{m // 60} h {m % 60} min"
+
+
 def _quality_section(ev: dict) -> str:
     rows = []
     for s in ev["systems"]:
         a = s["accuracy"]
-        src = s.get("reference") if s["source"] == "cited" else f"measured on {ev['hardware'].get('cpu', '?')}"
+        cited = s["source"] == "cited"
+        src = f"cited: {s.get('reference') or '?'}" if cited else f"measured on {_where(ev.get('hardware'))}"
         rows.append(
             [
                 s["name"],
                 s.get("mode") or "",
-                f"{_pct(a['value'])} [{_pct(a['ci_low'])}, {_pct(a['ci_high'])}]",
+                _accuracy(a, cited),
                 _pct(s["macro_f1"]["value"]) if s.get("macro_f1") else "–",
                 _pct(s.get("invalid_rate")),
                 s["source"],
@@ -191,13 +266,13 @@ def _quantized_section(rows: list[dict]) -> str:
     for q in rows:
         rep = q.get("quantize") or {}
         acc = "; ".join(f"{mode or 'answers'}: {_pct(a['value'])}" for mode, a in (q.get("accuracy") or {}).items())
-        hw = (rep.get("hardware") or {}).get("cpu", "?")
+        hw = _where(rep.get("hardware"))
         table.append(
             [
                 q["method"],
                 q["system"],
-                f"{rep['size_ratio']}x" if rep.get("size_ratio") is not None else "–",
-                f"{rep['linear_compression']}x" if rep.get("linear_compression") is not None else "–",
+                f"{_num(rep['size_ratio'])}x" if rep.get("size_ratio") is not None else "–",
+                f"{_num(rep['linear_compression'])}x" if rep.get("linear_compression") is not None else "–",
                 f"{rep['perplexity_change_pct']:+.1f} %" if rep.get("perplexity_change_pct") is not None else "–",
                 acc or "–",
                 f"measured on {hw}" if rep else "",
@@ -227,24 +302,28 @@ def _quantized_section(rows: list[dict]) -> str:
 def _latency_section(bench: dict) -> str:
     rows = []
     for p in bench["points"]:
-        ttft, tpot = p["ttft_ms"], p["tpot_ms"]
+        ttft, tpot = p.get("ttft_ms") or {}, p.get("tpot_ms") or {}
+        ms = lambda d, k, f: "–" if d.get(k) is None else f"{d[k]:,.{f}f}"  # noqa: E731
+        load = p.get("concurrency")
+        if load is None:
+            load = "–" if p.get("request_rate") is None else f"{_num(p['request_rate'])} req/s offered"
         rows.append(
             [
-                p.get("concurrency") or p.get("request_rate"),
+                load,
                 f"{p['requests_per_s']:.2f}",
                 f"{p['output_tokens_per_s']:.1f}",
-                f"{ttft.get('p50', 0):.0f} / {ttft.get('p99', 0):.0f}",
-                f"{tpot.get('p50', 0):.1f} / {tpot.get('p99', 0):.1f}",
-                p["failed"],
+                f"{ms(ttft, 'p50', 0)} / {ms(ttft, 'p99', 0)}",
+                f"{ms(tpot, 'p50', 1)} / {ms(tpot, 'p99', 1)}",
+                p.get("failed", 0),
                 "yes" if p["meets_slo"] else "no",
             ]
         )
     hit = bench.get("prefix_cache_hit_rate")
-    hw = bench["hardware"]
-    where = ", ".join(hw.get("gpus") or []) or f"{hw.get('cpu')}, {hw.get('cpu_cores')} cores"
+    where = _where(bench["hardware"])
     return (
         f"<h2>Serving: vLLM, measured on {html.escape(where)}</h2>"
-        f"<p>SLO: {html.escape(str(bench['slo']))}. Prefix-cache hit rate: {_pct(hit)}.</p>"
+        f"<p>SLO: {html.escape(_slo(bench.get('slo')))}. Prefix-cache hit rate: "
+        f"{_pct(None if hit is None else 100 * hit)} (share of prompt tokens served from vLLM's cache).</p>"
         + _table(
             ["concurrency", "req/s", "output tok/s", "TTFT p50/p99 ms", "TPOT p50/p99 ms", "errors", "meets SLO"], rows
         )
@@ -258,8 +337,8 @@ def _cost_section(be: dict, plot: str | None) -> str:
         else ""
     )
     summary = be.get("summary") or {}
-    rows = [[k.replace("_", " "), _fmt(v)] for k, v in summary.items()]
-    return "<h2>Cost and break-even</h2>" + img + (_table(["figure", "value (source)"], rows) if rows else "")
+    rows = [[_label(k), *_fmt(k, v, be)] for k, v in summary.items()]
+    return "<h2>Cost and break-even</h2>" + img + (_table(["figure", "value", "source"], rows) if rows else "")
 
 
 def _cascade_section(c: dict, cost: dict | None, plot: str | None) -> str:
@@ -275,10 +354,9 @@ def _cascade_section(c: dict, cost: dict | None, plot: str | None) -> str:
         (f"cascade, threshold {c['on_test']['threshold']:.4g}", c["on_test"]),
         (f"all {c['baseline']}", c["all_api_test"]),
     ):
-        ci = f" [{_pct(p.get('ci_low'))}, {_pct(p.get('ci_high'))}]" if "ci_low" in p else ""
-        rows.append(
-            [name, f"{1 - p['local_share']:.0%}", f"{_pct(p['accuracy'])}{ci}", f"${p['usd_per_1k_queries']:.4g}"]
-        )
+        cited = p is c["all_api_test"] and c.get("estimated")  # the API's cited score: no interval
+        acc = _accuracy({"value": p["accuracy"], "ci_low": p.get("ci_low"), "ci_high": p.get("ci_high")}, cited)
+        rows.append([name, _pct(100 * (1 - p["local_share"])), acc, _usd(p["usd_per_1k_queries"])])
     est = (
         f"<p><b>Estimated</b>: {html.escape(c.get('assumption', ''))}</p>"
         if c.get("estimated")
@@ -287,15 +365,16 @@ def _cascade_section(c: dict, cost: dict | None, plot: str | None) -> str:
     be = ""
     if cost:
         vol = (cost.get("break_even_vs_api") or {}).get("volume")
+        never = "never: the API is cheaper at every volume"
         be = (
             f"<p>At the configured volume the cascade costs ${cost['monthly_usd']:,.2f}/month (local host "
             f"${cost['local_monthly_usd']:,.2f} + escalated API ${cost['escalated_api_monthly_usd']:,.2f}); "
-            f"break-even vs all-API: {'never' if vol is None else f'{vol:,.0f} requests/month'} "
+            f"break-even vs all-API: {never if vol is None else f'{vol:,.0f} requests/month'} "
             "(computed from the measured throughput and list prices).</p>"
         )
     return (
         f"<h2>Cascade: {html.escape(c['candidate'])} first, {html.escape(c['baseline'])} when unsure</h2>"
-        f"<p>Target {html.escape(str(c['target']))}; threshold chosen on {c['n_calibration']} calibration queries, "
+        f"<p>Target {html.escape(_plain(c['target']))}; threshold chosen on {c['n_calibration']} calibration queries, "
         f"reported on {c['n_test']} held-out queries. Confidence: {html.escape(c['confidence'])}. "
         f"Cost rule: {html.escape(c.get('cost_rule', ''))}.</p>"
         + img
@@ -305,12 +384,153 @@ def _cascade_section(c: dict, cost: dict | None, plot: str | None) -> str:
     )
 
 
-def _fmt(v: Any) -> str:
+def _num(x: Any) -> str:
+    """A number for a reader: integers with separators, others to 3 significant digits (at most 4 decimals,
+    trailing zeros dropped)."""
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if not isinstance(x, int | float):
+        return _plain(x)
+    if not math.isfinite(x):
+        return "unbounded" if x > 0 else "–"
+    if float(x).is_integer() or abs(x) >= 100:
+        return f"{x:,.0f}"
+    decimals = 2 - math.floor(math.log10(abs(x)))
+    if decimals <= 4:
+        return f"{x:.{decimals}f}".rstrip("0").rstrip(".")
+    mantissa, exponent = f"{x:.2e}".split("e")
+    return f"{mantissa} × 10^{int(exponent)}"
+
+
+def _usd(x: float) -> str:
+    """Money: to the cent from $1 up, four decimals below (small per-token prices)."""
+    return f"${x:,.2f}" if abs(x) >= 1 or x == 0 else f"${x:,.4f}"
+
+
+def _plain(v: Any) -> str:
+    """Anything else a report holds, as words: never a Python repr."""
+    if isinstance(v, dict):
+        if "value" in v and "unit" in v:
+            return _figure(v)
+        return "; ".join(f"{str(k).replace('_', ' ')}: {_plain(x)}" for k, x in v.items() if x is not None) or "–"
+    if isinstance(v, list | tuple):
+        return ", ".join(_plain(x) for x in v) or "–"
+    if isinstance(v, int | float):
+        return _num(v)
+    return "–" if v is None else str(v)
+
+
+# What None means, figure by figure (break-even's own reason is used where the report has one).
+NONE_WORDS = {
+    "break_even_requests_per_month": "never: the API is cheaper at every volume",
+    "payback_months": "never (no saving at this volume)",
+}
+
+
+def _figure(v: dict, key: str = "", none: str | None = None) -> str:
+    """One figure {value, unit, ...} for a reader, keyed on its unit."""
+    x, unit = v.get("value"), v.get("unit") or ""
+    if x is None:
+        return none or NONE_WORDS.get(key, "–")
+    if not isinstance(x, int | float) or isinstance(x, bool):
+        return _plain(x)
+    if key == "payback_months" and x == 0:
+        return "nothing to pay back (no one-off costs)"
+    if unit == "USD":
+        return _usd(x)
+    if unit == "USD/month":
+        return f"${x:,.2f}/month"
+    if unit == "USD/request":
+        return f"{_usd(x * 1000)} per 1,000 requests"
+    if unit == "USD/1M tokens":
+        return f"{_usd(x)} per 1M tokens"
+    if unit.startswith("USD/"):
+        return f"{_usd(x)}/{unit[4:]}"
+    if unit in ("share", "fraction"):
+        return f"{100 * x:.1f} %"
+    if unit in ("percent", "%"):
+        return f"{x:.1f} %"
+    if unit == "requests/month":
+        return f"{x:,.0f} requests/month"
+    if unit == "hosts":
+        n = round(x)
+        return f"{n} host" + ("" if n == 1 else "s")
+    if unit == "months":
+        return f"{_num(x)} month" + ("" if x == 1 else "s")
+    return f"{_num(x)} {unit}".strip()
+
+
+def _where(hw: Any) -> str:
+    """The hardware a number was measured on: its GPUs, or its CPU and cores."""
+    if not isinstance(hw, dict):
+        return str(hw) if hw else "?"
+    if hw.get("gpus"):
+        return ", ".join(str(g) for g in hw["gpus"])
+    cores = f", {hw['cpu_cores']} cores" if hw.get("cpu_cores") else ""
+    return f"{hw.get('cpu') or '?'}{cores}"
+
+
+def _provenance(v: dict) -> str:
+    """Where a figure comes from, in words: list price of a date, measured on hardware, computed from what."""
+    src = v.get("source", "")
+    listed = ""
+    if v.get("date") or v.get("reference"):
+        unverified = " (unverified)" if v.get("verified") is False else ""
+        listed = ", ".join(
+            x for x in (f"list price {v.get('date') or ''}".strip() + unverified, v.get("reference")) if x
+        )
+    if src == "list_price":
+        return listed or "list price"
+    if src == "measured":
+        return f"measured on {_where(v.get('hardware'))}"
+    if src == "cited":
+        return f"cited: {v.get('reference') or '?'}"
+    if src == "user":
+        return "given" + (f": {v['from']}" if v.get("from") else " (run config / workload)")
+    how = src.replace("_", " ") if src and src != "computed" else "computed"
+    parts = [f"{how}: {v['from']}" if v.get("from") else how]
+    if listed:
+        parts.append(listed)
+    if v.get("hardware"):
+        parts.append(f"throughput measured on {_where(v['hardware'])}")
+    return "; ".join(parts)
+
+
+def _fmt(key: str, v: Any, be: dict | None = None) -> tuple[str, str]:
+    """A summary entry as (value, provenance) for a reader; strings are shown as they are."""
     if isinstance(v, dict) and "value" in v:
-        src = v.get("source", "")
-        detail = v.get("date") or v.get("reference") or (v.get("hardware") or {}).get("cpu", "")
-        return f"{v['value']} {v.get('unit', '')} ({src}{', ' + str(detail) if detail else ''})"
-    return str(v)
+        none = None
+        if key.startswith("break_even") and (reason := ((be or {}).get("break_even") or {}).get("reason")):
+            none = reason if reason.startswith("never") else f"never: {reason}"
+        return _figure(v, key, none), _provenance(v)
+    return _plain(v), ""
+
+
+LABELS = {
+    "requests_per_month": "requests per month",
+    "api_input_tokens": "API prompt tokens per request",
+    "api_monthly_usd": "API per month",
+    "api_per_1m_tokens_usd": "API per 1M tokens",
+    "self_hosted": "self-hosted",
+    "self_hosted_monthly_usd": "self-hosted per month",
+    "self_hosted_per_1m_input_usd": "self-hosted per 1M input tokens",
+    "self_hosted_per_1m_output_usd": "self-hosted per 1M output tokens",
+    "floor_per_1m_input_usd": "self-hosted per 1M input tokens, host always busy",
+    "floor_per_1m_output_usd": "self-hosted per 1M output tokens, host always busy",
+    "replicas": "hosts needed",
+    "operations_monthly_usd": "operations per month",
+    "break_even_requests_per_month": "break-even volume",
+    "payback_months": "payback",
+}
+
+
+def _label(key: str) -> str:
+    if key in LABELS:
+        return LABELS[key]
+    words = {"api": "API", "usd": "", "1m": "1M", "rps": "requests/s", "llm": "LLM"}
+    return " ".join(w for w in (words.get(p, p) for p in key.split("_")) if w)
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222;padding:0 1em}
@@ -318,6 +538,20 @@ table{border-collapse:collapse;margin:1em 0;width:100%}td,th{border:1px solid #d
 th{background:#f4f4f4}.verdict{font-size:2em;font-weight:700;padding:.4em .6em;border-radius:6px;display:inline-block}
 .GO{background:#d4f7d4;color:#075e07}.NO-GO{background:#fbd6d6;color:#8a0b0b}.INCOMPLETE{background:#fff1c2}
 img{max-width:100%}.small{color:#666;font-size:.9em}"""
+
+
+def _when(iso: str) -> str:
+    """2026-12-01T23:03:51+00:00 → 2026-12-01 23:03 UTC."""
+    import datetime as dt
+
+    try:
+        t = dt.datetime.fromisoformat(iso)
+    except (TypeError, ValueError):
+        return str(iso)
+    if t.utcoffset() is not None:
+        t = t.astimezone(dt.UTC)
+        return t.strftime("%Y-%m-%d %H:%M UTC")
+    return t.strftime("%Y-%m-%d %H:%M")
 
 
 def render_html(report: dict) -> str:
@@ -328,7 +562,8 @@ def render_html(report: dict) -> str:
         f"<h1>offramp: can {html.escape(report['config']['model'])} replace the API?</h1>",
         f"<div class='verdict {html.escape(v['verdict'])}'>{html.escape(v['verdict'])}</div>",
         f"<p>{html.escape(v['reason'])}</p>",
-        f"<p class='small'>Generated {report['created_at']} on {html.escape(report['hardware'])}. "
+        f"<p class='small'>Generated {html.escape(_when(report['created_at']))} on "
+        f"{html.escape(_where(report['hardware']))}. "
         "Provenance: <b>measured</b> = measured here on the hardware named; <b>list price</b> = vendor price of "
         "the date given (offramp/prices.yaml); <b>cited</b> = published score, not measured here.</p>",
     ]
@@ -346,7 +581,7 @@ def render_html(report: dict) -> str:
         "<h2>Stages</h2>"
         + _table(
             ["stage", "status", "seconds", "note"],
-            [[s["name"], s["status"], s["seconds"], s["error"] or ""] for s in report["stages"]],
+            [[s["name"], s["status"], _seconds(s.get("seconds")), s.get("error") or ""] for s in report["stages"]],
         )
     )
     parts.append("</body></html>")

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import httpx
 
+from offramp.artifacts import load_report
 from offramp.cost.prices import Catalogue, load_catalogue
 from offramp.data import BUILTIN
 from offramp.errors import OfframpError
 from offramp.hardware import has_cuda
-from offramp.paths import read_json
 from offramp.pipeline.config import PipelineConfig
 from offramp.pipeline.inputs import ConfigView, Inputs
 from offramp.pipeline.runner import Stage, StageFailed, console, offramp_cmd, stop_process_group
@@ -35,11 +35,15 @@ from offramp.store import KNOWN
 API_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 
-def baseline_spec(spec: str, fallback: str | None) -> str:
+def baseline_spec(name: str, spec: str, fallback: str | None) -> tuple[str, str]:
+    """(name, spec) of a baseline as it will be evaluated. Without the API's key its fallback stands in, under a
+    name of its own (`gpt-4-1shot-cited`): a cited GPT-4 score must never be shown as the configured API's."""
     provider = spec.split(":", 1)[0]
     if provider in API_KEY_ENV and not os.environ.get(API_KEY_ENV[provider]) and fallback:
-        return fallback
-    return spec
+        if fallback.startswith("cited:"):
+            return f"{fallback.rsplit('/', 1)[-1]}-cited", fallback
+        return name, fallback
+    return name, spec
 
 
 def _free_port() -> int:
@@ -209,6 +213,9 @@ def _breakeven_args(i: Inputs, up: Up) -> list[str]:
         "--requests-per-month", str(c.requests_per_month), "--peak-to-average", str(c.peak_to_average),
         *_host_args(i), *c.args,
     ]  # fmt: skip
+    api_prompts = up["data"] / "data" / "api_prompts.jsonl"
+    if api_prompts.is_file():  # the API is priced on the prompt it would be sent, not on the small model's
+        args += ["--api-prompts", str(api_prompts)]
     if "eval" in up:
         args += ["--eval", str(up["eval"] / "eval_report.json")]
     if "finetune" in up:
@@ -223,9 +230,9 @@ def cascade(i: Inputs, w: Path, up: Up) -> None:
     offramp_cmd(
         "cascade", "--eval", str(up["eval"] / "eval_report.json"),
         "--breakeven", str(up["breakeven"] / "breakeven_report.json"), "--candidate", _candidate(up),
-        "--baseline", i.config.baselines[0].name, *target, "--out", str(w / "cascade"), log=_log(w),
+        "--baseline", i.derived["baselines"][0][0], *target, "--out", str(w / "cascade"), log=_log(w),
     )  # fmt: skip
-    share = read_json(w / "cascade" / "cascade_report.json")["escalation_share"]
+    share = load_report(w / "cascade" / "cascade_report.json", "cascade").escalation_share
     offramp_cmd(*_breakeven_args(i, up), "--escalation-share", str(share), "--out", str(w / "breakeven"), log=_log(w))
 
 
@@ -250,7 +257,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         stages.append(stage("finetune", ["model", "finetune"], finetune, ["pull", "data"], derived=derived))
     if quantized:
         stages.append(stage("quantize", ["model", "quantize"], quantize, ["pull", "data", *ft], optional=True))
-    baselines = [(b.name, baseline_spec(b.spec, b.fallback)) for b in cfg.baselines]
+    baselines = [baseline_spec(b.name, b.spec, b.fallback) for b in cfg.baselines]
     eval_reads = ["model", "task", "gate", "eval", "serve", *HOST]
     api_prices = _api_price_entries(catalogue, (spec for _, spec in baselines))
     derived = {"baselines": baselines, "api_prices": api_prices, "host_price": host}
@@ -259,11 +266,11 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         prices = {"catalogue_sha256": _catalogue_sha256()}
         bench_needs = ["pull", "data", *ft, "eval"]
         stages.append(stage("bench", ["model", "serve", *HOST], bench, bench_needs, derived={"host_price": host}))
-        stages.append(stage("breakeven", ["cost"], breakeven, ["bench", "eval", *ft], derived=prices))
+        stages.append(stage("breakeven", ["cost"], breakeven, ["data", "bench", "eval", *ft], derived=prices))
         if cfg.cascade.enabled:
-            needs = ["eval", "bench", "breakeven", *ft]
-            reads = ["baselines", "cascade", "cost"]
-            stages.append(stage("cascade", reads, cascade, needs, derived=prices, optional=True))
+            needs = ["data", "eval", "bench", "breakeven", *ft]
+            derived = {**prices, "baselines": baselines}
+            stages.append(stage("cascade", ["cascade", "cost"], cascade, needs, derived=derived, optional=True))
     return stages
 
 
