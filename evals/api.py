@@ -231,7 +231,8 @@ def make_api_lm(
                 request_mode(payload),
                 {
                     "input_tokens": usage.get("prompt_tokens"),
-                    "output_tokens": usage.get("completion_tokens"),
+                    "output_tokens": usage.get("completion_tokens"),  # reasoning tokens included, as billed
+                    "reasoning_tokens": (usage.get("completion_tokens_details") or {}).get("reasoning_tokens"),
                     "latency_s": latency,
                     "cached": cached,
                     "logprob": answer_logprob(response),

@@ -150,7 +150,11 @@ def cascade_command(
         eval_report=str(eval_report),
         breakeven_report=str(breakeven),
         costs=cost_source,
-        cost_rule="the local model answers every query; escalated queries are also paid at the API's price",
+        cost_rule=(
+            "the local model answers every query; escalated queries are also paid at "
+            f"{be['api']['name']}'s price (breakeven report)"
+            + ("" if base == be["api"]["name"] else f", whatever answers them here ({base})")
+        ),
         escalation_share=round(1 - chosen["local_share"], 4),
         unit="percent",
     )

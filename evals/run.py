@@ -248,6 +248,8 @@ def _sum_usage(queries: list[dict], modes: dict) -> dict:
         "output_tokens": 0,
         "fresh_input_tokens": 0,
         "fresh_output_tokens": 0,
+        "reasoning_tokens": 0,  # the part of output_tokens the model spent thinking, where the usage says
+        "reasoning_reported": 0,  # answers whose usage reported it
         "requests": 0,
         "cache_hits": 0,
         "latency_s": [],
@@ -261,6 +263,9 @@ def _sum_usage(queries: list[dict], modes: dict) -> dict:
             totals["requests"] += 1
             totals["input_tokens"] += i
             totals["output_tokens"] += o
+            if u.get("reasoning_tokens") is not None:
+                totals["reasoning_tokens"] += u["reasoning_tokens"]
+                totals["reasoning_reported"] += 1
             if u.get("cached"):
                 totals["cache_hits"] += 1
             else:

@@ -213,3 +213,27 @@ def test_pipeline_report_names_an_invalid_breakeven_report(reports, tmp_path):
     assert rep["breakeven"] is None and rep["verdict"]["verdict"] == "INCOMPLETE"
     assert rep["problems"] == [f"{path}: not a valid breakeven report: decision.verdict: Field required"]
     assert str(path) in rep["verdict"]["reason"] and "decision.verdict" in rep["verdict"]["reason"]
+
+
+def test_the_verdict_names_whose_quality_and_whose_price_it_compares():
+    # #18.2: a cited GPT-4 score was printed as "gpt-4o-mini 80.40", beside gpt-4o-mini's price
+    from offramp.evals.report import cited_result
+    from offramp.evals.specs import CitedSystem
+    from offramp.evals.tasks import load_task
+
+    from offramp.cost.prices import load_catalogue
+    from offramp.cost.report import analyse
+    from offramp.pipeline.report import baseline_sources
+
+    task = load_task("banking77", per_label=1)
+    cited = cited_result(CitedSystem("gpt-4-1shot-cited", "cited:banking77/gpt-4-1shot", "banking77/gpt-4-1shot"), task)
+    ev = {"n_queries": 77, "systems": [cited], "gate": {"baseline": "gpt-4-1shot-cited"}}
+    be = analyse(inputs(api_name="gpt-4o-mini", api_price=load_catalogue().api_price("gpt-4o-mini")))
+    text = baseline_sources(ev, be)
+    assert "GPT-4 (1-shot) 80.4 % is cited" in text and "Loukas" in text and "not measured here" in text
+    assert "API price: gpt-4o-mini list price" in text and "256-token prompt" in text
+    assert "different models" in text
+    assert "$620 for 3,080 queries" in text and "Table 5" in text
+    measured = {**cited, "source": "measured", "spec": "openai:gpt-4o-mini", "name": "gpt-4o-mini"}
+    same = baseline_sources({**ev, "systems": [measured], "gate": {"baseline": "gpt-4o-mini"}}, be)
+    assert "measured here on 77 queries" in same and "different models" not in same

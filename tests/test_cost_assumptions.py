@@ -240,3 +240,27 @@ def test_breakeven_prices_the_api_on_the_prompts_it_is_sent(cli, tmp_path):
     assert report["workload"]["cached_input_share"] > 0.5  # the system prompt is a prefix every call repeats
     assert report["summary"]["api_input_tokens"]["value"] == prompt["input_tokens"]
     assert not any("local model's prompt" in x for x in report["warnings"])
+
+
+def test_reasoning_tokens_measured_by_the_eval_are_billed_and_missing_ones_are_flagged(cli, tmp_path):
+    bench = bench_file(tmp_path, [sweep_point(1, 40.0, 75.0), sweep_point(8, 500.0, 600.0)])
+    interval = {"value": 80.0, "ci_low": 75.0, "ci_high": 85.0}
+    usage = {"requests": 10, "reasoning_tokens": 2500, "reasoning_reported": 10}
+    api = {"name": "api", "spec": "openai:gpt-5-mini", "source": "measured", "accuracy": interval, "usage": usage}
+    ev = {"stage": "eval", "created_at": "x", "hardware": {}, "task": "t", "n_queries": 10, "systems": [api],
+          "gate": {"verdict": "GO", "reason": "r"}}  # fmt: skip
+    eval_path = tmp_path / "eval_report.json"
+    eval_path.write_text(json.dumps(ev))
+    args = ["breakeven", "--api", "gpt-5-mini", "--bench", str(bench), "--host-price-per-hour", "0.2",
+            "--requests-per-month", "1000000"]  # fmt: skip
+    assert cli(*args, "--eval", str(eval_path), "--out", str(tmp_path / "a")).returncode == 0
+    measured = json.loads((tmp_path / "a" / "breakeven_report.json").read_text())
+    assert measured["workload"]["reasoning_tokens"] == 250  # 2,500 over 10 answers
+    assert "measured: 10 answers of api" in measured["api"]["prompt"]["reasoning_source"]
+    assert cli(*args, "--out", str(tmp_path / "b")).returncode == 0
+    unmeasured = json.loads((tmp_path / "b" / "breakeven_report.json").read_text())
+    extra = measured["api"]["cost"]["per_request_usd"]["value"] - unmeasured["api"]["cost"]["per_request_usd"]["value"]
+    out_price = measured["api"]["list_prices"]["output_per_1m"]["value"]
+    assert extra == approx(250 * out_price / 1e6)
+    assert any("reasoning tokens" in w and "understated" in w for w in unmeasured["warnings"])
+    assert not any("reasoning tokens" in w for w in measured["warnings"])

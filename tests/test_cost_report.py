@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -210,6 +211,27 @@ def test_measure_tokens_with_the_models_tokenizer(tmp_path, smollm2):
     assert m["input_tokens"] == len(tok(prompt, add_special_tokens=False)["input_ids"])
     assert m["output_tokens"] == len(tok("activate_my_card", add_special_tokens=False)["input_ids"]) + 1
     assert m["token_source"].startswith("measured on 1 records")
+
+
+def test_api_prompts_are_counted_with_the_base_tokenizer_of_an_adapter(tmp_path, smollm2):
+    # the pipeline benches a LoRA adapter; its dir has no tokenizer, so counting fell back to characters / 4
+    from transformers import AutoTokenizer
+
+    from offramp.cost.workload import measure_api_prompts
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(smollm2)}))
+    system = "Labels: " + ", ".join(f"intent_{i}" for i in range(30))
+    rows = [[{"role": "system", "content": system}, {"role": "user", "content": q}] for q in ("hi", "card lost")]
+    data = tmp_path / "api.jsonl"
+    data.write_text("".join(json.dumps({"messages": r}) + "\n" for r in rows))
+    m = measure_api_prompts(data, str(adapter))
+    tok = AutoTokenizer.from_pretrained(smollm2)
+    lengths = [len(tok.apply_chat_template(r, add_generation_prompt=True, tokenize=True)["input_ids"]) for r in rows]
+    assert m["api_input_tokens"] == sum(lengths) / 2
+    assert "ESTIMATED" not in m["api_token_source"] and "tokenizer of" in m["api_token_source"]
+    assert 0.5 < m["api_shared_prefix_share"] < 1  # the system prompt, not the differing queries
 
 
 def test_cascade_is_priced_beside_the_all_local_candidate():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -74,6 +75,9 @@ def _load_inputs(
         workload_fields.update(measured)
         if workload_fields.get("cached_input_share") is None:  # a prefix every call repeats is what the cache reuses
             workload_fields["cached_input_share"] = shared
+    eval_report = load_report(eval_path, "eval") if eval_path is not None else None
+    if eval_report is not None and workload_fields.get("reasoning_tokens") is None:
+        workload_fields.update(_measured_reasoning(eval_report, api, eval_path))
     workload = load_workload(workload_file, workload_fields, defaults=_bench_tokens(bench_report, bench))
     if finetune is not None:
         ft = load_report(finetune, "finetune")
@@ -98,9 +102,23 @@ def _load_inputs(
         pricing=pricing,
         one_off=one_off,
         operations=operations,
-        eval=load_report(eval_path, "eval") if eval_path is not None else None,
+        eval=eval_report,
         **options,
     )
+
+
+def _measured_reasoning(ev, api: str, path: Path) -> dict[str, Any]:
+    """Reasoning tokens per request of the priced API, where the eval measured that API and its usage said."""
+    for s in ev.systems:
+        spec = s.spec.split("+", 1)[0]
+        usage = getattr(s, "usage", None) or {}
+        if s.source == "measured" and spec.partition(":")[2] == api and usage.get("reasoning_reported"):
+            per = usage["reasoning_tokens"] / usage["reasoning_reported"]
+            return {
+                "reasoning_tokens": per,
+                "reasoning_source": f"measured: {usage['reasoning_reported']} answers of {s.name} in {path}",
+            }
+    return {}
 
 
 def _bench_tokens(bench, path: Path) -> dict[str, Any]:
@@ -198,6 +216,10 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, Opt(help="output directory")] = Path("runs/breakeven"),
     ) -> None:
         """Self-hosted vs API cost per token and per month, break-even volume, go/no-go with the eval gate."""
+        if (prompts or api_prompts) and importlib.util.find_spec("transformers") is None:
+            from offramp.envs import require_env
+
+            require_env("runtime")  # count tokens with the model's own tokenizer, not characters / 4
         from offramp.cost.report import analyse
         from offramp.cost.table import print_summary
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,16 @@ def warnings(inp: Inputs, point: LoadPoint | None) -> list[str]:
     return found
 
 
+def served_model(bench: BenchReport) -> str:
+    """The benched model in words: a served alias of a LoRA adapter names the base it adapts."""
+    root = getattr(bench, "model_root", None)
+    adapter = Path(root) / "adapter_config.json" if root else None
+    if adapter is not None and adapter.is_file():
+        base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path") or "?"
+        return f"{bench.model} (LoRA on {Path(base).name})"
+    return bench.model
+
+
 def same_model(a: str, b: str) -> bool:
     """Store name, checkpoint path and hub id of one model compare equal by their last path component."""
 
@@ -173,10 +184,16 @@ def _decision(inp: Inputs, api_monthly: float, host_monthly: float | None, warne
         blockers.append("zero volume: there is nothing to serve, so nothing to save")
     if host_monthly is None:
         blockers.append("no load level of the bench met the latency SLO: the host cannot serve this workload")
-    elif host_monthly >= api_monthly and inp.workload.requests_per_month > 0:
-        blockers.append(f"self-hosted ${host_monthly:,.2f}/month is not cheaper than the API's ${api_monthly:,.2f}")
-    elif host_monthly < api_monthly:
-        notes.append(f"self-hosted ${host_monthly:,.2f}/month vs API ${api_monthly:,.2f}/month")
+    else:
+        ours = (
+            f"self-hosted {served_model(inp.bench)} on {inp.host_name} ${host_monthly:,.2f}/month (incl. "
+            f"${inp.operations.monthly:,.2f} operations)"
+        )
+        theirs = f"{inp.api_name} ${api_monthly:,.2f}/month"
+        if host_monthly >= api_monthly and inp.workload.requests_per_month > 0:
+            blockers.append(f"{ours} is not cheaper than {theirs}")
+        elif host_monthly < api_monthly:
+            notes.append(f"{ours} vs {theirs}")
     if gate is None:
         notes.append("no eval report: quality was not checked")
     elif not blockers:

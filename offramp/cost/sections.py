@@ -81,7 +81,9 @@ def summary(inp: Inputs, body: dict[str, Any]) -> dict[str, Any]:
 
 def api_section(inp: Inputs, api: ApiCost) -> dict[str, Any]:
     p = inp.api_price
-    how = f"{inp.api_name} {api.mode} list prices × workload token mix ({inp.workload.token_source})"
+    w = inp.workload
+    prompt = f"the API's prompt ({w.api_token_source.split(';')[0]})" if w.api_token_source else "the local prompt"
+    how = f"{inp.api_name} {api.mode} list prices × {prompt} and the answers' tokens ({w.token_source})"
     return {
         "name": inp.api_name,
         "mode": api.mode,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,11 @@ def _tokenizer(model_ref: str | None) -> tuple[Any, str] | tuple[None, str]:
         return None, "no model to take a tokenizer from"
     from offramp.store import resolve_model
 
+    adapter = Path(model_ref) / "adapter_config.json"
+    if adapter.is_file() and not (Path(model_ref) / "config.json").is_file():  # a LoRA adapter: its base's tokenizer
+        base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if base:
+            model_ref = base
     try:
         path = resolve_model(model_ref)
     except OfframpError as e:
