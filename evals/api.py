@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from offramp.evals.specs import EndpointSystem
-
 from offramp.errors import OfframpError
+from offramp.evals.specs import EndpointSystem
 from offramp.paths import read_json, write_json
 from offramp.reports import now_iso
 

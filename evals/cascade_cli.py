@@ -47,6 +47,7 @@ def _per_request(breakeven: dict, path: Path) -> tuple[float, float, dict]:
 
 def build_inputs(report: dict, candidate: str, baseline: str, local_cost: float, api_cost: float):
     import numpy as np
+
     from offramp.evals.cascade import CascadeInputs
 
     if report.get("task_type", "classification") != "classification":
@@ -123,9 +124,8 @@ def cascade_command(
 ) -> None:
     """Cascade curve: accuracy and $ per 1k queries for each confidence threshold; the threshold meeting the
     target is chosen on a calibration split and reported on a disjoint test split."""
-    from offramp.evals.cascade import evaluate, parse_target
-
     from offramp.artifacts import load_report
+    from offramp.evals.cascade import evaluate, parse_target
     from offramp.reports import write_report
 
     parse_target(target, max_escalation)  # bad targets fail before any file is read

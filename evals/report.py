@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from offramp.errors import OfframpError
 from offramp.evals.cited import METRIC_AS, for_task
 from offramp.evals.gate import Gate, verdict
 from offramp.evals.metrics import (
@@ -21,8 +22,6 @@ from offramp.evals.metrics import (
 from offramp.evals.run import Answers
 from offramp.evals.specs import CitedSystem, EndpointSystem, System
 from offramp.evals.tasks import EvalTask
-
-from offramp.errors import OfframpError
 from offramp.hardware import hardware_info
 
 

@@ -7,12 +7,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from offramp.errors import OfframpError
 from offramp.evals.api import ApiCache, Ledger, make_api_lm, probe
 from offramp.evals.metrics import INVALID, label_index, parse_answer
 from offramp.evals.specs import EndpointSystem, LocalSystem
 from offramp.evals.tasks import STOP, EvalTask, build_lm_eval_tasks
-
-from offramp.errors import OfframpError
 
 
 @dataclass

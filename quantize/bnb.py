@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from offramp.quantize.measure import device
-
 from offramp.errors import NotSupportedHere
+from offramp.quantize.measure import device
 
 
 def check_supported(method: str) -> None:

@@ -52,11 +52,11 @@ def run(
     """Quantize MODEL with METHOD, reload and check it, write the checkpoint and quantize_report.json atomically."""
     import os
 
-    from offramp.quantize.calib import load_task_text
-    from offramp.quantize.methods import get_method
     from rich.console import Console
 
     from offramp.envs import require_env
+    from offramp.quantize.calib import load_task_text
+    from offramp.quantize.methods import get_method
     from offramp.store import resolve_model
 
     # bad method, model or calibration data: one error line here, before any env is set up or model loaded
@@ -130,8 +130,9 @@ def emulate(
 @quantize_app.command("compare")
 def compare(dirs: Annotated[list[Path], typer.Argument(help="quantized checkpoint dirs (or their reports)")]) -> None:
     """Print the size / quality table of several quantize reports."""
-    from offramp.quantize.table import comparison_table
     from rich.console import Console
+
+    from offramp.quantize.table import comparison_table
 
     Console().print(comparison_table(dirs))
 

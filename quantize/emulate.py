@@ -13,13 +13,12 @@ import shutil
 import time
 from pathlib import Path
 
+from offramp.errors import OfframpError
+from offramp.paths import atomic_dir
 from offramp.quantize.calib import load_task_text, render
 from offramp.quantize.gptq import _cpu_workers
 from offramp.quantize.measure import perplexity, versions
 from offramp.quantize.run import REPORT, _quiet
-
-from offramp.errors import OfframpError
-from offramp.paths import atomic_dir
 from offramp.reports import write_report
 
 EMULATE_REPORT = "emulate_report.json"

@@ -8,6 +8,8 @@ import shutil
 import time
 from pathlib import Path
 
+from offramp.errors import OfframpError
+from offramp.paths import atomic_dir
 from offramp.quantize.calib import load_task_text, render, render_prompt
 from offramp.quantize.measure import (
     cpu_has_avx512,
@@ -21,9 +23,6 @@ from offramp.quantize.measure import (
     versions,
 )
 from offramp.quantize.methods import Method
-
-from offramp.errors import OfframpError
-from offramp.paths import atomic_dir
 from offramp.reports import write_report
 
 REPORT = "quantize_report.json"

@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 
 import httpx
-from offramp.serve.bench import delta, hit_rate
-from offramp.serve.server import VllmServer, die_with_parent, free_port
 
 from offramp.hardware import hardware_info
 from offramp.paths import write_json
 from offramp.reports import now_iso
+from offramp.serve.bench import delta, hit_rate
+from offramp.serve.server import VllmServer, die_with_parent, free_port
 from offramp.store import resolve_model
 
 RANDOM_ARGS = ["--dataset-name", "random", "--random-input-len", "256", "--random-output-len", "64"]

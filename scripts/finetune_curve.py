@@ -62,9 +62,10 @@ def train(a: argparse.Namespace) -> None:
 
 def evaluate(a: argparse.Namespace) -> None:
     import torch
-    from offramp.finetune.scoring import classification_accuracy
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from offramp.finetune.scoring import classification_accuracy
 
     run = Path(a.run)
     report = read_json(run / "final" / "finetune_report.json")

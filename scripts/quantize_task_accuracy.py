@@ -27,13 +27,12 @@ from pathlib import Path
 
 from offramp.evals.metrics import INVALID, paired_difference, score
 from offramp.evals.tasks import load_task
-from offramp.quantize.measure import cpu_has_avx512
-from offramp.quantize.methods import get_method
-from offramp.serve.server import VllmServer
-
 from offramp.hardware import hardware_info
 from offramp.paths import write_json
+from offramp.quantize.measure import cpu_has_avx512
+from offramp.quantize.methods import get_method
 from offramp.reports import now_iso
+from offramp.serve.server import VllmServer
 
 REFERENCE = {"vllm": "bf16", "hf": "bf16-hf"}  # the unquantized model's name under each scorer
 SCORERS = {
@@ -99,8 +98,9 @@ def hf_constrained_preds(path: Path, messages: list[list[dict]], labels: list[st
     the same decision vLLM's structured-outputs choice makes, for checkpoints vLLM cannot load (bitsandbytes).
     Per-label log-likelihood (`offramp eval`'s local mode) would cost 77 forward passes a query here."""
     import torch
-    from offramp.finetune.scoring import LabelTrie, label_token_ids
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from offramp.finetune.scoring import LabelTrie, label_token_ids
 
     tok = AutoTokenizer.from_pretrained(path, padding_side="left")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map="cpu").eval()

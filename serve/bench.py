@@ -318,10 +318,9 @@ def run_bench(
     force: bool = False,
 ) -> dict[str, Any]:
     """Run the sweep and write `out/bench_report.json` (+ vLLM's raw results) atomically; return the report."""
-    from offramp.serve.pricing import cost_per_million, parse_split
-
     from offramp.artifacts import BenchReport
     from offramp.reports import write_report
+    from offramp.serve.pricing import cost_per_million, parse_split
 
     parse_split(split)
     if not s.concurrency or any(c < 1 for c in s.concurrency):

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -36,6 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.background import BackgroundTask
 
 from offramp.errors import OfframpError
+from offramp.serve.auth import RequireKey
 
 log = logging.getLogger("offramp.cascade")
 
@@ -178,13 +178,7 @@ def build_app(cfg: CascadeSettings) -> FastAPI:
 
     app = FastAPI(title="offramp cascade", lifespan=lifespan)
 
-    @app.middleware("http")
-    async def require_key(request: Request, call_next):
-        if cfg.local_api_key and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given, f"Bearer {cfg.local_api_key}"):
-                return _error("missing or wrong API key", 401, "invalid_request_error")
-        return await call_next(request)
+    app.add_middleware(RequireKey, key=cfg.local_api_key)  # every route but health and metrics
 
     async def ask_local(body: dict) -> dict:
         try:

@@ -90,7 +90,6 @@ def _serve(
     forwards the request to --fallback otherwise (see serve/README.md, "Cascade router").
     """
     from offramp.serve.server import api_key_from_env, parse_adapters
-
     from offramp.store import resolve_model
 
     if cascade or local_url or fallback or threshold is not None:
@@ -203,9 +202,8 @@ def _serve_cascade(
     from offramp.envs import require_env
 
     require_env("runtime")
-    from offramp.serve.cascade import CascadeSettings, Fallback, probe_local
-
     from offramp.data import label_list
+    from offramp.serve.cascade import CascadeSettings, Fallback, probe_local
 
     def settings(url: str, local_model: str) -> CascadeSettings:
         return CascadeSettings(
@@ -310,12 +308,11 @@ def _bench(
     force: Annotated[bool, typer.Option(help="replace --out even if offramp did not write it")] = False,
 ) -> None:
     """Sweep load with vLLM's own `vllm bench serve`; find the highest load meeting the SLO; $ per 1M tokens."""
+    from offramp.data import label_list
+    from offramp.paths import check_out
     from offramp.serve.bench import BenchSettings, normalise_endpoint
     from offramp.serve.pricing import host_price, parse_split
     from offramp.serve.server import api_key_from_env
-
-    from offramp.data import label_list
-    from offramp.paths import check_out
 
     try:
         levels = [int(x) for x in concurrency.split(",") if x.strip()]

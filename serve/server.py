@@ -271,6 +271,8 @@ class VllmServer:
             cmd += ["--tensor-parallel-size", str(self.tensor_parallel)]
         if self.data_parallel > 1:
             cmd += ["--data-parallel-size", str(self.data_parallel)]
+        if self.api_key:  # vLLM's own check covers /v1 only; this one covers /invocations, /adapters, /docs …
+            cmd += ["--middleware", "offramp.serve.auth.RequireKey"]
         if self.enable_lora:
             rank = self.max_lora_rank or (lora_rank_for(self.adapters) if self.adapters else 16)
             cmd += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(max(1, len(self.adapters)))]

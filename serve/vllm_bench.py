@@ -17,10 +17,11 @@ from pathlib import Path
 
 
 def main(spec_path: str) -> None:
-    from offramp.serve.bench import scrape_metrics
     from vllm.benchmarks.serve import add_cli_args
     from vllm.benchmarks.serve import main as bench_main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from offramp.serve.bench import scrape_metrics
 
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out_dir"])

@@ -217,12 +217,11 @@ def test_pipeline_report_names_an_invalid_breakeven_report(reports, tmp_path):
 
 def test_the_verdict_names_whose_quality_and_whose_price_it_compares():
     # #18.2: a cited GPT-4 score was printed as "gpt-4o-mini 80.40", beside gpt-4o-mini's price
+    from offramp.cost.prices import load_catalogue
+    from offramp.cost.report import analyse
     from offramp.evals.report import cited_result
     from offramp.evals.specs import CitedSystem
     from offramp.evals.tasks import load_task
-
-    from offramp.cost.prices import load_catalogue
-    from offramp.cost.report import analyse
     from offramp.pipeline.report import baseline_sources
 
     task = load_task("banking77", per_label=1)

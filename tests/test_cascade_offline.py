@@ -3,9 +3,9 @@ import os
 
 import numpy as np
 import pytest
-from offramp.evals.cascade import ALL_API, CascadeInputs, calibration_split, choose_threshold, curve, evaluate, point
 
 from offramp.errors import OfframpError
+from offramp.evals.cascade import ALL_API, CascadeInputs, calibration_split, choose_threshold, curve, evaluate, point
 
 # 4 queries. Local model: right on q0, q1 (confident), wrong on q2, q3 (unsure). API: right on q0, q1, q2.
 GOLD = np.array([0, 1, 2, 3])

@@ -21,10 +21,12 @@ from pathlib import Path
 import httpx
 import pytest
 from fake_openai import FakeOpenAI
+from prometheus_client.parser import text_string_to_metric_families
+
 from offramp.evals.api import answer_logprob
+from offramp.serve.auth import OPEN_PATHS
 from offramp.serve.cascade import CascadeSettings, Fallback, Router
 from offramp.serve.server import VllmServer, free_port
-from prometheus_client.parser import text_string_to_metric_families
 
 LABELS = ["Paris", "London", "Berlin", "Madrid", "Rome"]
 # Measured on SmolLM2-135M-Instruct (vLLM CPU, labels constrained): P(answer) ~0.48 for SURE, ~0.12 for UNSURE.
@@ -286,6 +288,7 @@ def test_cli_cascade_starts_vllm_and_stops_it_on_sigterm(smollm2: Path, api: Fak
     """`offramp serve MODEL --cascade` starts vLLM on an internal port and the router on the public one; SIGTERM
     (docker stop, systemd) leaves no vLLM process behind."""
     from conftest import vllm_process_group
+
     from offramp.serve.server import live_group_members
 
     port = free_port()
@@ -371,6 +374,14 @@ def test_router_requires_the_api_key_it_was_given() -> None:
             assert r.status_code == 200 and r.headers["x-offramp-route"] == "local"
             assert r.json()["choices"][0]["message"]["content"] == "x"
             assert local.requests[-1]["authorization"] == "Bearer sek" and api.completions == 0
+            # every route the router publishes, not only /v1 (#15.2); the scheme is case-insensitive
+            spec = httpx.get(f"{router.url}/openapi.json", headers={"Authorization": "bearer sek"})
+            assert spec.status_code == 200 and httpx.get(f"{router.url}/openapi.json").status_code == 401
+            assert httpx.get(f"{router.url}/docs").status_code == 401
+            for path, methods in spec.json()["paths"].items():
+                for method in methods:
+                    status = httpx.request(method.upper(), router.url + path, json={}).status_code
+                    assert (status != 401) if path in OPEN_PATHS else (status == 401), (method, path, status)
 
 
 def test_cascade_options_need_cascade_and_each_other(cli) -> None:

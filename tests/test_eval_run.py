@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import eval_report, eval_system
 from fake_openai import FakeOpenAI
+
 from offramp.evals.tasks import load_task
 
 

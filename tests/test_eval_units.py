@@ -8,12 +8,12 @@ import socket
 import numpy as np
 import pytest
 from fake_openai import FakeOpenAI
+
+from offramp.errors import OfframpError
 from offramp.evals.api import ApiCache, Ledger, post_with_retries
 from offramp.evals.gate import parse_gate, verdict
 from offramp.evals.metrics import INVALID, agreement, label_index, macro_f1, paired_difference, parse_answer, score
 from offramp.evals.specs import CitedSystem, EndpointSystem, LocalSystem, parse_system, parse_systems
-
-from offramp.errors import OfframpError
 
 LABELS = ["card_arrival", "card_linking", "exchange_rate"]
 
@@ -304,6 +304,7 @@ def test_generation_metrics_by_hand():
 @pytest.mark.parametrize("metric", ["chrf", "bleu"])
 def test_corpus_metric_matches_sacrebleu_and_resamples_from_stats(metric):
     import sacrebleu
+
     from offramp.evals.metrics import corpus_score, query_stats, resampled_scores
 
     refs = ["the quick brown fox jumps", "over the lazy dog today", "a b c d e f", "summaries are hard to score"]

@@ -185,8 +185,9 @@ def test_adapter_reloads_merges_and_generates(trained: Path, tiny_model: Path, t
 def test_label_likelihood_argmax_is_exact(tiny_model: Path, tokenizer) -> None:
     """The best-first trie search must pick the same label as scoring every label in full."""
     import torch
-    from offramp.finetune.scoring import classify_by_label_likelihood, label_token_ids, prompt_ids
     from transformers import AutoModelForCausalLM
+
+    from offramp.finetune.scoring import classify_by_label_likelihood, label_token_ids, prompt_ids
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     prompts = [chat(q, "")["messages"][:2] for q in QUERIES[:4]]

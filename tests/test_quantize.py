@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from offramp.quantize.calib import load_task_text
-from offramp.quantize.measure import cpu_has_avx512, group_size_for, linear_prefixes, size_summary
 
 from offramp.artifacts import load_report
 from offramp.errors import OfframpError
+from offramp.quantize.calib import load_task_text
+from offramp.quantize.measure import cpu_has_avx512, group_size_for, linear_prefixes, size_summary
 
 REPORT = "quantize_report.json"
 FAST = ["--n-calib", "16", "--n-heldout", "8"]
@@ -216,6 +216,7 @@ def test_reload_applies_the_activation_quantization_vllm_serves() -> None:
     """transformers reloads W8A8 without quantizing activations; the reload check adds it, so it scores what vLLM
     runs. Outlier channels (as in SmolLM2's down_proj inputs) are what per-token INT8 loses."""
     import torch
+
     from offramp.quantize.llmc import SCHEME, _ignored, add_activation_quant
 
     ignore = SCHEME["ignore"]

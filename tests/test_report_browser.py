@@ -128,9 +128,9 @@ def _breakeven(d):
 def _cascade(d):
     """A cascade report made by the real curve code on 40 synthetic queries (cited baseline: an estimate)."""
     import numpy as np
+
     from offramp.evals.cascade import CascadeInputs, evaluate
     from offramp.evals.cascade_cli import plot
-
     from offramp.reports import write_report
 
     rng = np.random.default_rng(0)

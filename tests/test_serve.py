@@ -20,11 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import REPO, make_lora_adapter, vllm_process_group
-from offramp.serve.pricing import cost_per_million
-from offramp.serve.server import VllmServer, live_group_members, lora_rank_for
 
 from offramp.artifacts import BenchReport, load_report
 from offramp.errors import OfframpError
+from offramp.serve.pricing import cost_per_million
+from offramp.serve.server import VllmServer, live_group_members, lora_rank_for
 
 BANKING77_LABELS = json.loads((REPO / "offramp/datasets/banking77/categories.json").read_text())
 
@@ -469,3 +469,41 @@ def test_vllm_dying_at_start_shows_its_log(tiny_model: Path) -> None:
     msg = str(e.value)
     assert "exited with code" in msg and "last lines of its log" in msg and "--no-such-vllm-flag" in msg
     assert not server.alive()
+
+
+def _call_without_key(base: str, path: str, method: str, headers: dict | None = None) -> int:
+    concrete = path.replace("{", "").replace("}", "")  # /adapters/{adapter_name} → /adapters/adapter_name
+    return httpx.request(method.upper(), base + concrete, json={}, headers=headers or {}, timeout=60).status_code
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_every_route_of_a_keyed_server_needs_the_key(tiny_model: Path, tiny_lora: Path, monkeypatch) -> None:
+    """#15.2: vLLM's own key check guards /v1 only; /invocations ran inference, /adapters loaded a LoRA from any
+    path and unloaded the tuned one, for anyone. Every route the server publishes is called without the key."""
+    from offramp.serve.auth import OPEN_PATHS
+
+    monkeypatch.setenv("OFFRAMP_TEST_KEY", "sk-route-test")
+    server = VllmServer(tiny_model, adapters={"tuned": tiny_lora}, api_key_env="OFFRAMP_TEST_KEY", max_model_len=512)
+    server.start()
+    try:
+        spec = httpx.get(f"{server.base_url}/openapi.json", headers=server.headers(), timeout=30)
+        assert spec.status_code == 200
+        routes = [(p, m) for p, methods in spec.json()["paths"].items() for m in methods]
+        assert {"/invocations", "/v1/chat/completions", "/tokenize"} <= {p for p, _ in routes}
+        assert _call_without_key(server.base_url, "/openapi.json", "get") == 401
+        assert _call_without_key(server.base_url, "/docs", "get") == 401
+        wrong = {"Authorization": "Bearer sk-wrong"}
+        for path, method in routes:
+            status = _call_without_key(server.base_url, path, method)
+            if path in OPEN_PATHS:
+                assert status != 401, (method, path)
+            else:
+                assert status == 401, (method, path, status)
+                assert _call_without_key(server.base_url, path, method, wrong) == 401, (method, path)
+        # the tuned adapter is still there, and the scheme is case-insensitive (RFC 7235)
+        lower = {"Authorization": "bearer sk-route-test"}
+        models = httpx.get(f"{server.api_base}/models", headers=lower, timeout=30)
+        assert models.status_code == 200 and "tuned" in {m["id"] for m in models.json()["data"]}
+    finally:
+        server.stop()

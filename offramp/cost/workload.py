@@ -15,13 +15,13 @@ CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text with BPE tokeniz
 
 
 class Slo(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     p99_ttft_s: float | None = Field(default=None, gt=0)
     p99_tpot_ms: float | None = Field(default=None, gt=0)
 
 
 class Workload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     requests_per_month: float = Field(ge=0)
     input_tokens: float = Field(gt=0, description="mean input tokens per request")
     output_tokens: float = Field(gt=0, description="mean output tokens per request")
