@@ -84,17 +84,6 @@ def breakeven_figure(
     return fig
 
 
-def plot_breakeven(
-    path: Path,
-    volumes: np.ndarray,
-    curves: dict[str, list[float]],
-    *,
-    api_label: str,
-    host_label: str,
-    crossing: float | None,
-    workload_volume: float,
-) -> None:
-    fig = breakeven_figure(
-        volumes, curves, api_label=api_label, host_label=host_label, crossing=crossing, workload_volume=workload_volume
-    )
-    fig.savefig(path, format="png")
+def plot_breakeven(path: Path, volumes: np.ndarray, curves: dict[str, list[float]], **labels) -> None:
+    """`breakeven_figure(volumes, curves, **labels)` saved as a PNG at `path`."""
+    breakeven_figure(volumes, curves, **labels).savefig(path, format="png")

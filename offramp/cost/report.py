@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from offramp.cost.model import (
 )
 from offramp.cost.prices import ApiPrice, HostPrice
 from offramp.cost.sections import api_section, price_record, self_hosted_section, summary
-from offramp.cost.workload import Workload
+from offramp.cost.workload import Workload, adapter_base
 from offramp.errors import OfframpError
 
 OPS_HOURS_PER_MONTH = 4.0  # offramp's stated default: upgrades, monitoring, on-call share for one small service
@@ -117,7 +116,7 @@ def hosting(inp: Inputs) -> dict[str, Any]:
         "target_utilisation": inp.target_utilisation,
         "spare_replicas": inp.spare_replicas,
         "billing_unit": inp.host.sold_in_multiples_of,
-        "committed": inp.pricing != "on_demand" and inp.pricing != "spot",
+        "committed": inp.pricing not in ("on_demand", "spot"),  # a reserved price is paid for every hour
         "one_off_monthly": inp.one_off.monthly,
         "operations_monthly": inp.operations.monthly,
     }
@@ -142,11 +141,8 @@ def warnings(inp: Inputs, point: LoadPoint | None) -> list[str]:
 def served_model(bench: BenchReport) -> str:
     """The benched model in words: a served alias of a LoRA adapter names the base it adapts."""
     root = getattr(bench, "model_root", None)
-    adapter = Path(root) / "adapter_config.json" if root else None
-    if adapter is not None and adapter.is_file():
-        base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path") or "?"
-        return f"{bench.model} (LoRA on {Path(base).name})"
-    return bench.model
+    base = adapter_base(root) if root else None
+    return f"{bench.model} (LoRA on {Path(base).name})" if base else bench.model
 
 
 def same_model(a: str, b: str) -> bool:

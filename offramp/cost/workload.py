@@ -86,16 +86,20 @@ def load_workload(
     return build_workload(data, str(path) if path else "workload flags")
 
 
+def adapter_base(ref: str | Path) -> str | None:
+    """The base model a LoRA adapter dir names (peft's adapter_config.json), or None for anything else."""
+    adapter = Path(ref) / "adapter_config.json"
+    if not adapter.is_file() or (Path(ref) / "config.json").is_file():
+        return None
+    return json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path") or None
+
+
 def _tokenizer(model_ref: str | None) -> tuple[Any, str] | tuple[None, str]:
     if model_ref is None:
         return None, "no model to take a tokenizer from"
     from offramp.store import resolve_model
 
-    adapter = Path(model_ref) / "adapter_config.json"
-    if adapter.is_file() and not (Path(model_ref) / "config.json").is_file():  # a LoRA adapter: its base's tokenizer
-        base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
-        if base:
-            model_ref = base
+    model_ref = adapter_base(model_ref) or model_ref  # a LoRA adapter dir holds no tokenizer: its base's
     try:
         path = resolve_model(model_ref)
     except OfframpError as e:
