@@ -16,7 +16,6 @@ import copy
 import hashlib
 import json
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,6 @@ from offramp.errors import OfframpError
 from offramp.evals.specs import EndpointSystem
 from offramp.paths import read_json, write_json
 from offramp.reports import now_iso
-
-RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
 class ApiCache:
@@ -103,41 +100,46 @@ def post_with_retries(
 ) -> tuple[dict, float]:
     """POST once per attempt; back off on 429 / 5xx / connection errors; return (json, seconds of the last try)."""
     import httpx
+    from tenacity import Retrying
 
-    last = ""
-    for attempt in range(max_attempts):
-        if attempt:
-            ledger.count(retry=True)
-        start = time.perf_counter()
-        try:
-            resp = httpx.post(url, json=payload, headers=headers, timeout=timeout_s)
-        except httpx.TransportError as e:
-            last, wait = f"{type(e).__name__}: {e}", None
-        else:
-            latency = time.perf_counter() - start
-            ledger.count(status=resp.status_code)
-            if resp.status_code == 200:
-                try:
-                    return resp.json(), latency
-                except ValueError:
-                    raise OfframpError(f"{who}: the endpoint answered 200 with a body that is not JSON") from None
-            detail = _error_message(resp)
-            if resp.status_code in (401, 403):
-                hint = f"; check the key in {key_env}" if key_env else ""
-                raise OfframpError(f"{who}: {url} refused the request (HTTP {resp.status_code}: {detail}){hint}")
-            if resp.status_code not in RETRY_STATUS:
-                raise OfframpError(f"{who}: {url} rejected the request (HTTP {resp.status_code}: {detail})")
-            last, wait = f"HTTP {resp.status_code}: {detail}", _retry_after(resp)
-        if attempt + 1 < max_attempts:
-            time.sleep(min(max_backoff_s, wait if wait is not None else backoff_s * 2**attempt))
-    raise OfframpError(f"{who}: {url} failed after {max_attempts} attempts; last: {last}")
+    from offramp.retry import policy
 
+    def attempt() -> httpx.Response:
+        resp = httpx.post(url, json=payload, headers=headers, timeout=timeout_s)
+        ledger.count(status=resp.status_code)
+        return resp
 
-def _retry_after(resp: Any) -> float | None:
+    retrying = Retrying(
+        **policy(
+            attempts=max_attempts, transient=(httpx.TransportError,), backoff_s=backoff_s, max_backoff_s=max_backoff_s
+        ),
+        before_sleep=lambda _: ledger.count(retry=True),
+        retry_error_callback=lambda state: state.outcome.result(),  # the last reply, or its exception raised
+    )
     try:
-        return max(0.0, float(resp.headers.get("retry-after", "")))
-    except ValueError:
-        return None
+        resp = retrying(attempt)
+    except httpx.TransportError as e:
+        last = f"{type(e).__name__}: {e}"
+        raise OfframpError(f"{who}: {url} failed after {max_attempts} attempts; last: {last}") from None
+    return _json_reply(resp, url, who=who, key_env=key_env, attempts=max_attempts)
+
+
+def _json_reply(resp: Any, url: str, *, who: str, key_env: str | None, attempts: int) -> tuple[dict, float]:
+    """The final reply's JSON and the seconds it took, or the one error it amounts to."""
+    from offramp.retry import RETRY_STATUS
+
+    if resp.status_code == 200:
+        try:
+            return resp.json(), resp.elapsed.total_seconds()
+        except ValueError:
+            raise OfframpError(f"{who}: the endpoint answered 200 with a body that is not JSON") from None
+    detail = _error_message(resp)
+    if resp.status_code in (401, 403):
+        hint = f"; check the key in {key_env}" if key_env else ""
+        raise OfframpError(f"{who}: {url} refused the request (HTTP {resp.status_code}: {detail}){hint}")
+    if resp.status_code not in RETRY_STATUS:
+        raise OfframpError(f"{who}: {url} rejected the request (HTTP {resp.status_code}: {detail})")
+    raise OfframpError(f"{who}: {url} failed after {attempts} attempts; last: HTTP {resp.status_code}: {detail}")
 
 
 def _error_message(resp: Any) -> str:

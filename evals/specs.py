@@ -19,12 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from offramp.errors import OfframpError
+from offramp.providers import PROVIDERS
 
-# provider -> (default base URL, env var overriding it, env var holding the key)
-PROVIDERS: dict[str, tuple[str, str, str]] = {
-    "openai": ("https://api.openai.com/v1", "OPENAI_BASE_URL", "OPENAI_API_KEY"),
-    "anthropic": ("https://api.anthropic.com/v1", "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"),
-}
 _NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*$")
 
 
@@ -114,9 +110,8 @@ def parse_system(arg: str) -> System:
         if not model:
             raise OfframpError(f"system spec {spec!r}: name the model, e.g. {provider}:gpt-4o-mini")
         _options(rest, set(), spec)
-        default, url_env, key_env = PROVIDERS[provider]
-        base = os.environ.get(url_env, default).rstrip("/")
-        return EndpointSystem(name, spec, provider, base, model, key_env)
+        known = PROVIDERS[provider]
+        return EndpointSystem(name, spec, provider, known.base_url(), model, known.key_env)
     if colon and not Path(head).exists() and re.match(r"^[a-z]+$", provider):
         raise OfframpError(
             f"system spec {spec!r}: unknown provider {provider!r}; use {', '.join(PROVIDERS)}, cited:…, "

@@ -8,18 +8,40 @@ import platform
 import shutil
 import subprocess
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 
-def _cpu_model() -> str:
+@cache
+def _cpuinfo() -> dict[str, str] | None:
+    """The first processor's fields in /proc/cpuinfo; None where it cannot be read (not Linux)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags (`avx512f`, `amx_bf16` …); None where /proc/cpuinfo cannot be read."""
+    info = _cpuinfo()
+    return None if info is None else frozenset(info.get("flags", "").split())
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask: a container's or taskset's share, not the host's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _cpu_model() -> str:
+    return (_cpuinfo() or {}).get("model name") or platform.processor() or platform.machine()
 
 
 def _gpus() -> list[str]:
@@ -46,7 +68,7 @@ def hardware_info() -> dict[str, Any]:
     gpus = _gpus()
     return {
         "cpu": _cpu_model(),
-        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu_cores": cpu_cores(),
         "memory_gib": mem_gib,
         "gpus": gpus,
         "accelerator": "cuda" if gpus else "cpu",

@@ -24,10 +24,6 @@ def list_price(value: float, unit: str, date: str, source: str) -> dict[str, Any
     return {"value": value, "unit": unit, "source": "list_price", "date": date, "reference": source}
 
 
-def cited(value: float, unit: str, reference: str) -> dict[str, Any]:
-    return {"value": value, "unit": unit, "source": "cited", "reference": reference}
-
-
 def write_report(path: Path, stage: str, body: dict[str, Any]) -> dict[str, Any]:
     report = {
         "stage": stage,

@@ -6,13 +6,14 @@ import os
 import shutil
 from pathlib import Path
 
+from offramp.hardware import cpu_cores
 from offramp.quantize.measure import device
 
 
 def _cpu_workers() -> None:
     # GPTQModel sizes its CPU thread pool from os.cpu_count(), which oversubscribes small shared hosts;
     # must be set before gptqmodel is imported.
-    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(1, len(os.sched_getaffinity(0)))))
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(cpu_cores()))
 
 
 def quantize(method: str, src: str, out: Path, calib_texts: list[str], group_size: int, *, sym: bool = True) -> dict:

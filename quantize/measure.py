@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import struct
 from importlib import metadata
 from pathlib import Path
 
@@ -25,15 +24,22 @@ def device() -> str:
 
 
 def cpu_has_avx512() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return any(line.startswith("flags") and " avx512f" in line for line in f)
-    except OSError:
-        return False
+    from offramp.hardware import cpu_flags
+
+    return "avx512f" in (cpu_flags() or ())
 
 
 def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def tensor_specs(path: Path) -> dict[str, tuple[str, list[int]]]:
+    """{tensor name: (safetensors dtype, shape)} of one .safetensors file, from its header (no weights loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        names = f.keys()  # a list: safe_open is not iterable
+        return {name: (f.get_slice(name).get_dtype(), f.get_slice(name).get_shape()) for name in names}
 
 
 def tensor_bytes(checkpoint: Path) -> dict[str, int]:
@@ -43,13 +49,10 @@ def tensor_bytes(checkpoint: Path) -> dict[str, int]:
         raise OfframpError(f"{checkpoint}: no .safetensors files")
     out: dict[str, int] = {}
     for f in files:
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        for name, info in header.items():
-            if name != "__metadata__":
-                start, end = info["data_offsets"]
-                out[name] = end - start
+        for name, (dtype, shape) in tensor_specs(f).items():
+            if dtype not in DTYPE_BYTES:
+                raise OfframpError(f"{f}: tensor {name} has dtype {dtype}, whose size offramp does not know")
+            out[name] = math.prod(shape) * DTYPE_BYTES[dtype]
     return out
 
 
@@ -60,11 +63,8 @@ def linear_prefixes(base_checkpoint: Path) -> set[str]:
     hidden = config.get("hidden_size")
     prefixes = set()
     for f in sorted(Path(base_checkpoint).glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            (n,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(n))
-        for name, info in header.items():
-            if name.endswith(".weight") and ".layers." in name and len(info.get("shape", ())) == 2:
+        for name, (_, shape) in tensor_specs(f).items():
+            if name.endswith(".weight") and ".layers." in name and len(shape) == 2:
                 prefixes.add(name[: -len(".weight")])
     if not prefixes:
         raise OfframpError(f"{base_checkpoint}: found no linear layers (hidden size {hidden})")

@@ -23,6 +23,7 @@ import httpx
 from offramp.errors import OfframpError
 from offramp.hardware import hardware_info
 from offramp.paths import atomic_dir
+from offramp.serve.server import log_tail
 
 COUNTERS = (
     "vllm:prefix_cache_queries_total",
@@ -95,13 +96,13 @@ def scrape_metrics(base: str) -> dict[str, float]:
         r.raise_for_status()
     except httpx.HTTPError as e:
         raise OfframpError(f"could not read {base}/metrics ({type(e).__name__}: {e})") from None
+    from prometheus_client.parser import text_string_to_metric_families
+
     out = dict.fromkeys(COUNTERS, 0.0)
-    for line in r.text.splitlines():
-        if line.startswith("#"):
-            continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in out:
-            out[name] += float(line.rsplit(" ", 1)[1])
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            if sample.name in out:
+                out[sample.name] += sample.value
     return out
 
 
@@ -226,8 +227,7 @@ def run_sweep(s: BenchSettings, base: str, model: str, tokenizer: str, dataset: 
 
 
 def _tail(log: Path, n: int = 8) -> str:
-    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-n:]
-    return f"last lines of {log.name}:\n  " + "\n  ".join(lines)
+    return f"last lines of {log.name}:\n  " + "\n  ".join(log_tail(log, n))
 
 
 def _health_note(base: str) -> str:

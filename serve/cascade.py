@@ -18,6 +18,7 @@ the offline estimate.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -33,19 +34,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.background import BackgroundTask
+from tenacity import AsyncRetrying
 
 from offramp.errors import OfframpError
+from offramp.providers import PROVIDERS
+from offramp.retry import policy
 from offramp.serve.auth import RequireKey
 
 log = logging.getLogger("offramp.cascade")
 
-PROVIDERS = {
-    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
-    "anthropic": ("https://api.anthropic.com/v1", "ANTHROPIC_API_KEY"),
-}
 URL_KEY_ENV = "OFFRAMP_FALLBACK_API_KEY"  # optional key for an http(s):// fallback
 ROUTES = ("local", "fallback", "degraded", "error")
-RETRYABLE = (408, 409, 429, 500, 502, 503, 504)
 
 
 @dataclass(frozen=True)
@@ -67,10 +66,12 @@ class Fallback:
             raise OfframpError(
                 f"--fallback {spec!r}: expected openai:MODEL, anthropic:MODEL or http://host:port/v1#MODEL"
             )
-        url, env = PROVIDERS[provider]
-        if not os.environ.get(env):
-            raise OfframpError(f"--fallback {spec}: the API key must be in the environment variable {env} (not set)")
-        return cls(url, model, env)
+        known = PROVIDERS[provider]
+        if not os.environ.get(known.key_env):
+            raise OfframpError(
+                f"--fallback {spec}: the API key must be in the environment variable {known.key_env} (not set)"
+            )
+        return cls(known.default_url, model, known.key_env)
 
     def headers(self) -> dict[str, str]:
         key = os.environ.get(self.key_env or "", "")
@@ -197,11 +198,10 @@ def build_app(cfg: CascadeSettings) -> FastAPI:
         deadline = loop.time() + cfg.fallback_timeout_s
         client = clients["fallback"]
         request = {**body, "model": cfg.fallback.model}
-        for attempt in range(cfg.retries + 1):
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            delay = 0.5 * 2**attempt
+        tries = itertools.count(1)
+
+        async def attempt() -> httpx.Response:
+            n, left = next(tries), deadline - loop.time()
             try:
                 req = client.build_request(
                     "POST",
@@ -211,23 +211,31 @@ def build_app(cfg: CascadeSettings) -> FastAPI:
                     timeout=httpx.Timeout(left),
                 )
                 r = await asyncio.wait_for(_send(client, req, stream), timeout=left)
-                if r.status_code == 200:
-                    return r
-                await r.aclose()
-                failures.labels(f"http_{r.status_code}").inc()
-                log.warning("fallback answered HTTP %s (attempt %d)", r.status_code, attempt + 1)
-                if r.status_code not in RETRYABLE:
-                    return None  # a wrong key or a bad request will not get better by retrying
-                delay = _retry_after(r) or delay
             except (TimeoutError, httpx.TimeoutException):
                 failures.labels("timeout").inc()
-                log.warning("fallback timed out (attempt %d)", attempt + 1)
+                log.warning("fallback timed out (attempt %d)", n)
+                raise
             except (httpx.HTTPError, ValueError) as e:
                 failures.labels(type(e).__name__).inc()
-                log.warning("fallback failed (attempt %d): %s", attempt + 1, type(e).__name__)
-            if attempt < cfg.retries:
-                await asyncio.sleep(max(0.0, min(delay, deadline - loop.time())))
-        return None
+                log.warning("fallback failed (attempt %d): %s", n, type(e).__name__)
+                raise
+            if r.status_code != 200:
+                await r.aclose()  # a wrong key or a bad request is not retried (see offramp.retry)
+                failures.labels(f"http_{r.status_code}").inc()
+                log.warning("fallback answered HTTP %s (attempt %d)", r.status_code, n)
+            return r
+
+        retrying = AsyncRetrying(
+            **policy(
+                attempts=cfg.retries + 1,
+                transient=(TimeoutError, httpx.HTTPError, ValueError),
+                backoff_s=0.5,
+                budget_s=cfg.fallback_timeout_s,
+            ),
+            retry_error_callback=lambda _: None,
+        )
+        r = await retrying(attempt)
+        return r if r is not None and r.status_code == 200 else None
 
     @app.get("/health")
     async def health() -> Response:
@@ -298,13 +306,6 @@ async def _send(client: httpx.AsyncClient, req: httpx.Request, stream: bool) -> 
         if r.status_code == 200:
             r.json()  # a 200 that is not JSON counts as a failed attempt (ValueError)
     return r
-
-
-def _retry_after(r: httpx.Response) -> float | None:
-    try:
-        return float(r.headers.get("retry-after", ""))
-    except ValueError:
-        return None
 
 
 def _answer(resp: dict, route: str, model: str, body: dict, headers: dict, routes: Counter) -> Response:

@@ -16,24 +16,25 @@ import os
 import re
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 import httpx
 
 from offramp.errors import OfframpError
-from offramp.hardware import hardware_info
+from offramp.hardware import cpu_cores, cpu_flags, hardware_info
 
 # vLLM accepts only these values for --max-lora-rank (vllm/config/lora.py, MaxLoRARanks).
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LOG_TAIL_LINES = 15
+# What nanobind prints at exit about objects a binding (xgrammar's) never freed: noise after a crash, not its cause.
+NANOBIND_LEAK = re.compile(r"^(nanobind: | - leaked | - \.\.\. skipped remainder|See https://nanobind\.)")
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -79,14 +80,6 @@ def parse_adapters(specs: Sequence[str]) -> dict[str, Path]:
     return out
 
 
-def _safetensors_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor shapes from a safetensors header (8-byte length + JSON); no torch needed."""
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
-
-
 def _module_dims(config: dict) -> dict[str, tuple[int, int]]:
     """(in, out) features of the projections LoRA usually targets, for Llama-like decoder configs."""
     hidden = config.get("hidden_size")
@@ -125,7 +118,9 @@ def check_adapter(adapter_dir: Path, model_dir: str) -> None:
     if not model_cfg.is_file() or not weights.is_file():
         return  # a hub model or a .bin adapter: vLLM checks it when it loads
     dims = _module_dims(json.loads(model_cfg.read_text()))
-    for key, shape in _safetensors_shapes(weights).items():
+    from offramp.quantize.measure import tensor_specs
+
+    for key, (_, shape) in tensor_specs(weights).items():
         m = re.search(r"\.(\w+)\.lora_([AB])\.weight$", key)
         if not m or m.group(1) not in dims or len(shape) != 2:
             continue
@@ -161,19 +156,15 @@ def cpu_env_defaults(environ: Mapping[str, str]) -> dict[str, str]:
         out["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, min(8, int(mem * 0.1))))
     # vLLM keeps one core for the API server; on a 2-core host that halves the engine. Measured here (2 cores,
     # SmolLM2, fp32, 16 chat requests at concurrency 8): 2.6 -> 3.6 requests/s with no core reserved.
-    if "VLLM_CPU_NUM_OF_RESERVED_CPU" not in environ and (os.cpu_count() or 0) <= 2:
+    if "VLLM_CPU_NUM_OF_RESERVED_CPU" not in environ and cpu_cores() <= 2:
         out["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
     return out
 
 
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: without either, bf16 matmuls on CPU are emulated and slow."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return True
-    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
+    flags = cpu_flags()
+    return flags is None or not flags.isdisjoint({"avx512_bf16", "amx_bf16"})
 
 
 def cpu_dtype_args(extra_args: Sequence[str]) -> list[str]:
@@ -182,6 +173,12 @@ def cpu_dtype_args(extra_args: Sequence[str]) -> list[str]:
     if any(a == "--dtype" or a.startswith("--dtype=") for a in extra_args) or cpu_has_native_bf16():
         return []
     return ["--dtype", "float32"]
+
+
+def log_tail(path: Path, n: int) -> list[str]:
+    """The last `n` lines of a log that say something: blank lines and nanobind's leak report left out."""
+    lines = Path(path).read_text(errors="replace").splitlines()
+    return [ln for ln in lines if ln.strip() and not NANOBIND_LEAK.match(ln)][-n:]
 
 
 def die_with_parent() -> None:
@@ -355,25 +352,11 @@ class VllmServer:
         return self
 
     def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
         assert self.proc is not None
-        while True:
-            code = self.proc.poll()
-            if code is not None:
-                raise OfframpError(f"vLLM exited with code {code} while starting {self.model}; {self.log_tail_text()}")
-            if self.healthy():
-                return
-            if time.monotonic() > deadline:
-                raise OfframpError(
-                    f"vLLM did not become healthy within {self.startup_timeout:.0f} s; {self.log_tail_text()}"
-                )
-            time.sleep(1.0)
+        wait_until_healthy(self.proc, self.base_url, self.startup_timeout, f"vLLM ({self.model})", self.log_tail_text)
 
     def healthy(self, timeout: float = 2.0) -> bool:
-        try:
-            return httpx.get(f"{self.base_url}/health", timeout=timeout).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return is_healthy(self.base_url, timeout)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -381,8 +364,7 @@ class VllmServer:
     def log_tail(self, n: int = LOG_TAIL_LINES) -> list[str]:
         if not self.log_path or not self.log_path.is_file():
             return []
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return [ln for ln in lines if ln.strip()][-n:]
+        return log_tail(self.log_path, n)
 
     def log_tail_text(self, n: int = LOG_TAIL_LINES) -> str:
         tail = "\n  ".join(self.log_tail(n)) or "(empty log)"
@@ -394,22 +376,9 @@ class VllmServer:
         return self.proc.wait()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM the whole process group, wait for every member to go, SIGKILL what is left."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        pgid = proc.pid  # start_new_session: the leader's pid is the group id
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=timeout)
-        while time.monotonic() < deadline and _group_alive(pgid):
-            time.sleep(0.2)
-        if _group_alive(pgid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-        proc.wait()
+        if proc is not None:
+            stop_group(proc, timeout)
 
     def __enter__(self) -> VllmServer:
         return self.start()
@@ -436,6 +405,50 @@ class VllmServer:
         self.adapters.pop(name, None)
 
 
+def is_healthy(base_url: str, timeout: float = 2.0) -> bool:
+    try:
+        return httpx.get(f"{base_url}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_until_healthy(
+    proc: subprocess.Popen, base_url: str, timeout: float, what: str, log_tail_text: Callable[[], str]
+) -> None:
+    """Poll `base_url`/health until 200; a server that exits or stays unhealthy past `timeout` is one error with
+    the last lines of its log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code = proc.poll()
+        if code is not None:
+            raise OfframpError(f"{what} exited with code {code} while starting; {log_tail_text()}")
+        if is_healthy(base_url):
+            return
+        if time.monotonic() > deadline:
+            raise OfframpError(f"{what} did not become healthy within {timeout:.0f} s; {log_tail_text()}")
+        time.sleep(1.0)
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM the process group `proc` leads (started with start_new_session), wait for every member to go,
+    SIGKILL what is left."""
+    pgid = proc.pid  # start_new_session: the leader's pid is the group id
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+    while time.monotonic() < deadline and _group_alive(pgid):
+        time.sleep(0.2)
+    if _group_alive(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    proc.wait()
+    killed = time.monotonic() + 5  # SIGKILL is delivered asynchronously: return once the members are gone
+    while time.monotonic() < killed and _group_alive(pgid):
+        time.sleep(0.05)
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -448,25 +461,14 @@ def _group_alive(pgid: int) -> bool:
 
 def live_group_members(pgid: int) -> list[int]:
     """Processes of group `pgid` that still run (zombies waiting for their reaper do not count)."""
-    return [pid for pid in _group_members(pgid) if _state(pid) not in ("Z", None)]
+    import psutil
 
-
-def _group_members(pgid: int) -> list[int]:
     pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[2]) == pgid:
-                    pids.append(int(d.name))
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):  # gone while we looked
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                pids.append(proc.pid)
     return pids
-
-
-def _state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
 
 
 def _error_text(r: httpx.Response) -> str:

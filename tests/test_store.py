@@ -1,9 +1,12 @@
+import hashlib
 import json
+import re
 import zipfile
 
 import pytest
 
 from offramp.errors import OfframpError
+from offramp.paths import downloads_dir
 from offramp.store import KNOWN, MANIFEST, pull, resolve_model, sha256_file
 
 pytestmark = pytest.mark.model
@@ -75,11 +78,18 @@ def test_cli_models_list_shows_the_pulled_model(smollm2, cli):
     res = cli("models", "list", "--json")
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)
-    assert any(r["name"] == "smollm2-135m-instruct" and r["gguf_sha256"] == sha256_file_of(smollm2) for r in rows)
+    assert any(r["name"] == "smollm2-135m-instruct" and r["gguf_sha256"] == gguf_sha256_in_wheel(smollm2) for r in rows)
 
 
-def sha256_file_of(model_dir):
-    return json.loads((model_dir / MANIFEST).read_text())["gguf_sha256"]
+def gguf_sha256_in_wheel(model_dir):
+    """The sha256 of the GGUF inside the wheel the model was converted from, hashed here from the wheel itself (not
+    read from the manifest that `models list` shows, nor with the store's own sha256_file)."""
+    wheel = re.search(r"\((\S+\.whl)\)", json.loads((model_dir / MANIFEST).read_text())["source"]).group(1)
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(downloads_dir() / wheel) as zf, zf.open(KNOWN["smollm2-135m-instruct"].wheel_member) as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def test_sha256_file(tmp_path):
