@@ -15,12 +15,12 @@ the data it was chosen on.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from offramp.errors import OfframpError
+from offramp.expressions import parse_target
 
 ALL_API = 1.01  # a threshold no confidence reaches: everything escalates
 
@@ -94,29 +94,6 @@ def curve(inp: CascadeInputs, *, seed: int = 0, iters: int = 1000) -> list[dict]
     boot = np.random.default_rng(seed).integers(0, len(inp.gold), size=(iters, len(inp.gold)))
     thresholds = sorted({0.0, ALL_API, *map(float, inp.local_conf)})
     return [point(inp, t, boot=boot) for t in thresholds]
-
-
-_TARGET = re.compile(
-    r"^\s*accuracy\s*>=\s*(?:baseline\s*(?P<sign>[+-])\s*(?P<delta>\d+(?:\.\d+)?)|"
-    r"(?P<base>baseline)|(?P<abs>\d+(?:\.\d+)?))\s*$"
-)
-
-
-def parse_target(target: str | None, max_escalation: float | None) -> tuple[str, float | None, float | None]:
-    """('accuracy', offset or absolute, max escalation). Exactly one kind of target."""
-    if (target is None) == (max_escalation is None):
-        raise OfframpError("give exactly one of --target 'accuracy>=baseline-1' or --max-escalation 0.2")
-    if max_escalation is not None:
-        if not 0 <= max_escalation <= 1:
-            raise OfframpError(f"--max-escalation must be in [0, 1], got {max_escalation}")
-        return "escalation", None, max_escalation
-    m = _TARGET.match(target or "")
-    if not m:
-        raise OfframpError(f"malformed target {target!r}: expected 'accuracy>=baseline-1' or 'accuracy>=75'")
-    if m["abs"]:
-        return "absolute", float(m["abs"]), None
-    delta = float(m["delta"] or 0) * (-1 if m["sign"] == "-" else 1)
-    return "relative", delta, None
 
 
 def choose_threshold(calib: CascadeInputs, target: str | None, max_escalation: float | None) -> dict:

@@ -125,7 +125,8 @@ def cascade_command(
     """Cascade curve: accuracy and $ per 1k queries for each confidence threshold; the threshold meeting the
     target is chosen on a calibration split and reported on a disjoint test split."""
     from offramp.artifacts import load_report
-    from offramp.evals.cascade import evaluate, parse_target
+    from offramp.evals.cascade import evaluate
+    from offramp.expressions import parse_target
     from offramp.reports import write_report
 
     parse_target(target, max_escalation)  # bad targets fail before any file is read

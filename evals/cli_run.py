@@ -7,11 +7,11 @@ from pathlib import Path
 
 from offramp.artifacts import EvalReport
 from offramp.evals.api import ApiCache
-from offramp.evals.gate import Gate
 from offramp.evals.report import build_body, print_table
 from offramp.evals.run import Answers, run_endpoint, run_local
 from offramp.evals.specs import EndpointSystem, LocalSystem, System
 from offramp.evals.tasks import EvalTask
+from offramp.expressions import Gate
 from offramp.hardware import hardware_info
 from offramp.paths import home
 from offramp.reports import now_iso, write_report

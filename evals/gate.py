@@ -1,78 +1,8 @@
-"""The go/no-go gate: `METRIC OP BOUND`, where BOUND is a number or `baseline [+|- number]`.
-
-Examples: `accuracy>=baseline-2`, `macro_f1 > 70`, `accuracy >= baseline`, `chrf>=baseline-2` (generation tasks).
-Metrics are in points of 0-100.
-"""
+"""The go/no-go verdict of a gate (its grammar is `offramp.expressions`) on an eval's results."""
 
 from __future__ import annotations
 
-import operator
-import re
-from dataclasses import dataclass
-
-from offramp.errors import OfframpError
-
-CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
-GENERATION_METRICS = ("chrf", "bleu", "rougeL", "exact_match")  # offramp.evals.metrics.GEN_METRICS
-METRICS = CLASSIFICATION_METRICS + GENERATION_METRICS
-OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
-_GATE = re.compile(
-    r"^\s*(?P<metric>[A-Za-z_0-9]+)\s*(?P<op>>=|<=|>|<)\s*"
-    r"(?:(?P<baseline>baseline)\s*(?:(?P<sign>[+-])\s*(?P<delta>\d+(?:\.\d+)?))?|(?P<number>\d+(?:\.\d+)?))\s*$"
-)
-
-
-@dataclass(frozen=True)
-class Gate:
-    expression: str
-    metric: str
-    op: str
-    relative: bool  # bound is baseline + offset, else offset is an absolute bound
-    offset: float
-
-    def bound(self, baseline: float | None) -> float:
-        if not self.relative:
-            return self.offset
-        if baseline is None:
-            raise OfframpError(f"gate {self.expression!r} compares with the baseline, but there is none")
-        return baseline + self.offset
-
-    def passes(self, value: float, baseline: float | None) -> bool:
-        return OPS[self.op](value, self.bound(baseline))
-
-
-def parse_gate(expression: str) -> Gate:
-    m = _GATE.match(expression or "")
-    if not m:
-        raise OfframpError(
-            f"malformed gate {expression!r}: expected METRIC OP BOUND, e.g. 'accuracy>=baseline-2' or "
-            f"'macro_f1>70' (METRIC: {', '.join(METRICS)}; OP: >=, >, <=, <)"
-        )
-    if m["metric"] not in METRICS:
-        raise OfframpError(f"gate {expression!r}: unknown metric {m['metric']!r}; use {', '.join(METRICS)}")
-    if m["baseline"]:
-        offset = float(m["delta"] or 0) * (-1 if m["sign"] == "-" else 1)
-        return Gate(expression.strip(), m["metric"], m["op"], True, offset)
-    value = float(m["number"])
-    if value > 100:
-        raise OfframpError(f"gate {expression!r}: {m['metric']} is in points of 0-100, got {value}")
-    if 0 < value < 1:
-        raise OfframpError(
-            f"gate {expression!r}: {m['metric']} is in points of 0-100, and {value} looks like a fraction; "
-            f"did you mean {m['metric']}{m['op']}{value * 100:g}?"
-        )
-    return Gate(expression.strip(), m["metric"], m["op"], False, value)
-
-
-def check_gate_metric(gate: Gate, kind: str, metric: str | None) -> None:
-    """The gate must judge a metric the task reports: accuracy / macro-F1 for classification; the chosen metric or
-    exact match for generation."""
-    allowed = CLASSIFICATION_METRICS if kind == "classification" else tuple(dict.fromkeys((metric, "exact_match")))
-    if gate.metric not in allowed:
-        what = "a classification task" if kind == "classification" else f"this generation task (--metric {metric})"
-        raise OfframpError(
-            f"gate {gate.expression!r}: {gate.metric} is not reported for {what}; use {', '.join(allowed)}"
-        )
+from offramp.expressions import OPS, Gate
 
 
 def verdict(gate: Gate, candidate: dict, baseline: dict | None, difference: dict | None) -> dict:

@@ -6,7 +6,7 @@ from typing import Any
 
 from offramp.errors import OfframpError
 from offramp.evals.cited import METRIC_AS, for_task
-from offramp.evals.gate import Gate, verdict
+from offramp.evals.gate import verdict
 from offramp.evals.metrics import (
     BOOTSTRAP_ITERS,
     CORPUS_METRICS,
@@ -22,6 +22,7 @@ from offramp.evals.metrics import (
 from offramp.evals.run import Answers
 from offramp.evals.specs import CitedSystem, EndpointSystem, System
 from offramp.evals.tasks import EvalTask
+from offramp.expressions import Gate
 from offramp.hardware import hardware_info
 
 

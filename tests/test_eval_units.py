@@ -11,9 +11,10 @@ from fake_openai import FakeOpenAI
 
 from offramp.errors import OfframpError
 from offramp.evals.api import ApiCache, Ledger, post_with_retries
-from offramp.evals.gate import parse_gate, verdict
+from offramp.evals.gate import verdict
 from offramp.evals.metrics import INVALID, agreement, label_index, macro_f1, paired_difference, parse_answer, score
 from offramp.evals.specs import CitedSystem, EndpointSystem, LocalSystem, parse_system, parse_systems
+from offramp.expressions import parse_gate
 
 LABELS = ["card_arrival", "card_linking", "exchange_rate"]
 
@@ -337,7 +338,7 @@ def test_generation_intervals_and_paired_difference():
 
 
 def test_generation_gate_metrics():
-    from offramp.evals.gate import check_gate_metric
+    from offramp.expressions import check_gate_metric
 
     g = parse_gate("rougeL >= baseline-1.5")
     assert (g.metric, g.offset) == ("rougeL", -1.5)
