@@ -42,6 +42,9 @@ def eval_command(
     ] = None,
     candidate: Annotated[str | None, typer.Option(help="system the gate judges (default: the first)")] = None,
     baseline: Annotated[str | None, typer.Option(help="system it is compared with (default: the last)")] = None,
+    no_baseline: Annotated[
+        bool, typer.Option("--no-baseline", help="compare with none: measure the systems, gate only absolutely")
+    ] = False,
     out: Annotated[
         Path | None, typer.Option(help="output dir for eval_report.json (default: runs/eval-<task>)")
     ] = None,
@@ -61,9 +64,9 @@ def eval_command(
     gate. Classification: free and label-constrained answers, accuracy, macro-F1, per-label errors. Generation:
     free answers scored against the references by --metric."""
     from offramp.evals.cited import for_task
-    from offramp.evals.gate import check_gate_metric, parse_gate
     from offramp.evals.specs import CitedSystem, parse_systems
     from offramp.evals.tasks import load_task
+    from offramp.expressions import check_gate_metric, parse_gate
 
     parsed_gate = parse_gate(gate) if gate is not None else None
     systems = parse_systems(system)
@@ -82,7 +85,9 @@ def eval_command(
             for_task(s.key, eval_task.name)
     names = [s.name for s in systems]
     cand = candidate or names[0]
-    base = baseline if baseline is not None else (names[-1] if len(names) > 1 else None)
+    if no_baseline and baseline is not None:
+        raise OfframpError("--baseline and --no-baseline contradict each other; give one")
+    base = baseline if baseline is not None or no_baseline else (names[-1] if len(names) > 1 else None)
     for role, name in (("--candidate", cand), ("--baseline", base)):
         if name is not None and name not in names:
             raise OfframpError(f"{role} {name!r} is not one of the systems ({', '.join(names)})")

@@ -174,6 +174,8 @@ def sustainable_point(bench: BenchReport, w: Workload) -> LoadPoint | None:
 def _decision(inp: Inputs, api_monthly: float, host_monthly: float | None, warned: list[str]) -> dict[str, Any]:
     blockers, notes = [], []
     gate = inp.eval.gate if inp.eval else None
+    if gate is not None and gate.get("expression") is None:  # evaluated, but judged by no gate
+        gate = None
     if gate is not None and str(gate.get("verdict", "")).upper() != "GO":
         blockers.append(f"quality gate fails: {gate.get('reason') or gate.get('expression') or gate.get('verdict')}")
     if inp.workload.requests_per_month == 0:
@@ -191,7 +193,7 @@ def _decision(inp: Inputs, api_monthly: float, host_monthly: float | None, warne
         elif host_monthly < api_monthly:
             notes.append(f"{ours} vs {theirs}")
     if gate is None:
-        notes.append("no eval report: quality was not checked")
+        notes.append(f"{'no quality gate' if inp.eval else 'no eval report'}: quality was not checked")
     elif not blockers:
         notes.append(f"quality gate passes: {gate.get('reason') or gate.get('expression', '')}")
     verdict = "NO-GO" if blockers else ("NEEDS-EVAL" if gate is None else "GO")

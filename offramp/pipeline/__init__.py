@@ -22,7 +22,7 @@ def run(
     from offramp.pipeline import report
     from offramp.pipeline.config import load_config
     from offramp.pipeline.runner import Runner, console
-    from offramp.pipeline.stages import build_stages
+    from offramp.pipeline.stages import baseline_gap, build_stages
 
     cfg = load_config(config)
     if full:
@@ -31,7 +31,7 @@ def run(
         cfg.name += "-full"
     run_dir = runs_dir / cfg.name
     results = Runner(run_dir).execute(build_stages(cfg))
-    collected = report.collect(cfg.model_dump(), results)
+    collected = report.collect(cfg.model_dump(), results, baseline_gap=baseline_gap(cfg))
     out = report.write(run_dir, collected)
     console.print(f"report: {out}")
     bad = [r for r in results if r.status == "failed"]

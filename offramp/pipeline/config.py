@@ -19,6 +19,8 @@ class _Strict(BaseModel):
 
 class TaskConfig(_Strict):
     source: str = "banking77"  # built-in name, or a .csv / chat .jsonl path
+    text_column: str = "text"  # a CSV's columns holding the query and its label
+    label_column: str = "label"
     train_per_label: int | None = Field(20, ge=1)
     test_per_label: int | None = Field(3, ge=1)
     prompt_style: Literal["short", "labels"] = "short"
@@ -79,7 +81,7 @@ class CascadeConfig(_Strict):
     @classmethod
     def _target_parses(cls, v: str | None) -> str | None:
         if v is not None:
-            from offramp.evals.cascade import parse_target
+            from offramp.expressions import parse_target
 
             try:
                 parse_target(v, None)
@@ -115,7 +117,7 @@ class PipelineConfig(_Strict):
     @classmethod
     def _gate_parses(cls, v: str) -> str:
         # checked at load, not when the eval stage starts after minutes of fine-tuning
-        from offramp.evals.gate import parse_gate
+        from offramp.expressions import parse_gate
 
         try:
             parse_gate(v)
@@ -139,8 +141,42 @@ def load_config(path: Path | None) -> PipelineConfig:
     if not isinstance(raw, dict):
         raise OfframpError(f"{path}: expected a mapping of keys at the top level")
     try:
-        return PipelineConfig.model_validate(raw)
+        cfg = PipelineConfig.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         raise OfframpError(f"{path}: {key}: {err['msg']}") from None
+    check_names(cfg, path)
+    return cfg
+
+
+def _flag_values(args: list[str], flag: str) -> list[str]:
+    """The values of `flag` in a stage's extra args, as `--flag V` or `--flag=V`."""
+    pairs = zip(args, args[1:], strict=False)
+    return [v for a, v in pairs if a == flag] + [a.split("=", 1)[1] for a in args if a.startswith(flag + "=")]
+
+
+def check_names(cfg: PipelineConfig, path: Path) -> None:
+    """Every name a stage will look up, checked before the first stage runs, not after minutes of fine-tuning:
+    the API and the host in the price catalogue (with the user's --prices files), and each baseline's spec."""
+    from offramp.cost.prices import load_catalogue
+    from offramp.evals.specs import parse_system
+
+    def check(key: str, lookup) -> None:
+        try:
+            lookup()
+        except OfframpError as e:
+            raise OfframpError(f"{path}: {key}: {e}") from None
+
+    c = cfg.cost
+    catalogue = load_catalogue([Path(p) for p in _flag_values(c.args, "--prices")])
+    check("cost.api_model", lambda: catalogue.api_price(c.api_model, allow_retired="--allow-retired" in c.args))
+    if c.host and c.host_price_per_hour is None:
+        check("cost.host", lambda: catalogue.host_price(c.host))
+    names = [b.name for b in cfg.baselines]
+    for i, b in enumerate(cfg.baselines):
+        for field, spec in (("spec", b.spec), ("fallback", b.fallback)):
+            if spec is not None:
+                check(f"baselines.{i}.{field}", lambda spec=spec, b=b: parse_system(f"{b.name}={spec}"))
+        if b.name in ("base", "tuned") or names.count(b.name) > 1:
+            raise OfframpError(f"{path}: baselines.{i}.name: {b.name!r} is taken; give each baseline its own name")

@@ -35,7 +35,8 @@ def _maybe(path: Path, kind: str | None, problems: list[str]) -> Any:
     return None
 
 
-def collect(cfg: dict, results: list[StageResult]) -> dict:
+def collect(cfg: dict, results: list[StageResult], baseline_gap: str | None = None) -> dict:
+    """The run's report. `baseline_gap` says why quality could not be compared (no usable baseline), if so."""
     dirs = {r.name: r.workdir for r in results if r.status in ("done", "cached")}
     problems: list[str] = []
 
@@ -54,7 +55,7 @@ def collect(cfg: dict, results: list[StageResult]) -> dict:
         "created_at": now_iso(),
         "hardware": hardware_summary(),
         "config": cfg,
-        "verdict": verdict(ev, be, failed, problems),
+        "verdict": verdict(ev, be, failed, problems, baseline_gap),
         "problems": problems,
         "stages": [
             {
@@ -146,14 +147,23 @@ def baseline_sources(ev: dict | None, be: dict | None) -> str:
     return "; ".join(parts)
 
 
-def verdict(ev: dict | None, be: dict | None, failed: list[StageResult], problems: list[str]) -> dict:
+def verdict(
+    ev: dict | None, be: dict | None, failed: list[StageResult], problems: list[str], baseline_gap: str | None = None
+) -> dict:
+    """GO / NO-GO from the break-even decision (or the gate alone); NEEDS-BASELINE where quality had nothing to be
+    compared with and cost alone does not already say no; INCOMPLETE where reports are missing or broken."""
     if problems:
         return {"verdict": "INCOMPLETE", "reason": f"unreadable stage reports: {'; '.join(problems)}"}
+    gap = baseline_gap if ev else None
     if be and isinstance(be.get("decision"), dict):
         d = be["decision"]
         reason = "; ".join(d.get("reasons") or []) or d.get("reason", "")
-        sources = baseline_sources(ev, be)
+        if gap and d.get("verdict") != "NO-GO":
+            return {"verdict": "NEEDS-BASELINE", "reason": f"quality not judged: {gap}. Cost alone: {reason}"}
+        sources = baseline_sources(ev, be) or (f"quality not judged: {gap}" if gap else "")
         return {"verdict": d.get("verdict", "?"), "reason": reason + (f". {sources}" if sources else "")}
+    if gap:
+        return {"verdict": "NEEDS-BASELINE", "reason": f"quality not judged: {gap}"}
     if ev:
         gate = ev["gate"]
         return {"verdict": gate.get("verdict", "?"), "reason": f"quality gate only: {gate.get('reason', '')}"}
@@ -536,7 +546,7 @@ def _label(key: str) -> str:
 CSS = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:1em 0;width:100%}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left}
 th{background:#f4f4f4}.verdict{font-size:2em;font-weight:700;padding:.4em .6em;border-radius:6px;display:inline-block}
-.GO{background:#d4f7d4;color:#075e07}.NO-GO{background:#fbd6d6;color:#8a0b0b}.INCOMPLETE{background:#fff1c2}
+.GO{background:#d4f7d4;color:#075e07}.NO-GO{background:#fbd6d6;color:#8a0b0b}.INCOMPLETE,.NEEDS-BASELINE{background:#fff1c2}
 img{max-width:100%}.small{color:#666;font-size:.9em}"""
 
 

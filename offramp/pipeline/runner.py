@@ -7,12 +7,10 @@ and runs again next time; finished stages are never redone unless their inputs c
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from offramp.errors import OfframpError
 from offramp.paths import read_json, write_json
 
 console = Console(stderr=True)
@@ -35,6 +34,7 @@ class Stage:
     run: Callable[[Path, dict[str, Path]], None]  # (work dir, upstream work dirs by name)
     needs: list[str] = field(default_factory=list)
     optional: bool = False  # a failure is recorded but later stages still run
+    skip: str | None = None  # why the stage cannot run on this config (recorded as skipped, with the reason)
 
 
 @dataclass
@@ -94,6 +94,11 @@ class Runner:
             remaining = sum(previous.get(s.name, 0) for s in stages[i - 1 :])
             eta = f", ETA ~{remaining / 60:.0f} min (last run)" if remaining else ""
             console.rule(f"[bold]{i}/{len(stages)} {stage.name}[/]{eta}")
+            if stage.skip:
+                self.results.append(StageResult(stage.name, "skipped", error=stage.skip))
+                failed.add(stage.name)
+                console.print(f"  [yellow]skipped[/]: {stage.skip}")
+                continue
             if blocked := [n for n in stage.needs if n in failed or n not in dirs]:
                 self.results.append(StageResult(stage.name, "skipped", error=f"needs {', '.join(blocked)}"))
                 failed.add(stage.name)
@@ -114,7 +119,7 @@ class Runner:
                 stage.run(workdir, {n: dirs[n] for n in stage.needs})
             except Exception as e:  # any failure lands in the report with its reason, the run goes on where it can
                 secs = time.monotonic() - t0
-                reason = str(e) if isinstance(e, StageFailed | OSError) else f"{type(e).__name__}: {e}"
+                reason = str(e) if isinstance(e, StageFailed | OfframpError | OSError) else f"{type(e).__name__}: {e}"
                 self.results.append(StageResult(stage.name, "failed", secs, workdir, reason))
                 failed.add(stage.name)
                 console.print(f"  [red]failed[/] after {secs:.0f} s: {reason}")
@@ -130,15 +135,3 @@ class Runner:
         write_json(self.run_dir / "timings.json", previous)
         console.print(f"pipeline wall time {time.monotonic() - started:.0f} s")
         return self.results
-
-
-def stop_process_group(proc: subprocess.Popen, timeout: float = 30) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=timeout)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()

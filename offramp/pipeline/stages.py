@@ -10,46 +10,89 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-
-import httpx
 
 from offramp.artifacts import load_report
 from offramp.cost.prices import Catalogue, load_catalogue
 from offramp.data import BUILTIN
 from offramp.errors import OfframpError
+from offramp.expressions import parse_gate
 from offramp.hardware import has_cuda
 from offramp.pipeline.config import PipelineConfig
 from offramp.pipeline.inputs import ConfigView, Inputs
-from offramp.pipeline.runner import Stage, StageFailed, console, offramp_cmd, stop_process_group
-from offramp.store import KNOWN
-
-# Keys the pipeline understands for API baselines; a missing key switches to the baseline's fallback.
-API_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+from offramp.pipeline.runner import Stage, StageFailed, console, offramp_cmd
+from offramp.providers import KEY_ENV  # a missing key switches a baseline to its fallback
+from offramp.serve.server import free_port, log_tail, stop_group, wait_until_healthy
+from offramp.store import KNOWN, resolve_model
 
 
 def baseline_spec(name: str, spec: str, fallback: str | None) -> tuple[str, str]:
     """(name, spec) of a baseline as it will be evaluated. Without the API's key its fallback stands in, under a
     name of its own (`gpt-4-1shot-cited`): a cited GPT-4 score must never be shown as the configured API's."""
     provider = spec.split(":", 1)[0]
-    if provider in API_KEY_ENV and not os.environ.get(API_KEY_ENV[provider]) and fallback:
+    if provider in KEY_ENV and not os.environ.get(KEY_ENV[provider]) and fallback:
         if fallback.startswith("cited:"):
             return f"{fallback.rsplit('/', 1)[-1]}-cited", fallback
         return name, fallback
     return name, spec
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def task_name(source: str) -> str:
+    """The task's name as `data prepare` records it: a built-in's own name, else the source file's stem."""
+    return source if source in BUILTIN else Path(source).stem
+
+
+@dataclass(frozen=True)
+class Baselines:
+    usable: list[tuple[str, str]]  # (name, spec) of each baseline the eval can measure or cite for this task
+    missing: list[str]  # why each other configured baseline cannot stand in
+
+
+def resolve_baselines(cfg: PipelineConfig) -> Baselines:
+    """The configured baselines this run can use: an API whose key is set (else its fallback), an endpoint, or a
+    cited score of this very task. The others are named with the reason, so the verdict can say what to add."""
+    from offramp.evals.cited import lookup
+
+    usable, missing = [], []
+    task = task_name(cfg.task.source)
+    for b in cfg.baselines:
+        name, spec = baseline_spec(b.name, b.spec, b.fallback)
+        provider = spec.split(":", 1)[0]
+        why = None
+        if provider in KEY_ENV and not os.environ.get(KEY_ENV[provider]):
+            why = f"{KEY_ENV[provider]} is not set and it has no fallback"
+        elif spec.startswith("cited:") and (cited := lookup(spec.removeprefix("cited:"))).task != task:
+            configured = b.spec.split(":", 1)[0]
+            unkeyed = f"{KEY_ENV[configured]} is not set, and its fallback " if spec != b.spec else ""
+            why = f"{unkeyed}{spec} is a {cited.task} score, but the task is {task!r}"
+        if why:
+            missing.append(f"{b.name} ({b.spec}): {why}")
+        else:
+            usable.append((name, spec))
+    return Baselines(usable, missing)
+
+
+def baseline_gap(cfg: PipelineConfig) -> str | None:
+    """Why quality cannot be judged on this config (its gate compares with a baseline, and none is usable), with
+    what to add; None when it can."""
+    resolved = resolve_baselines(cfg)
+    if resolved.usable or not parse_gate(cfg.gate).relative:
+        return None
+    why = "; ".join(resolved.missing) or "the config lists none"
+    return f"the gate {cfg.gate!r} compares with a baseline, and there is none ({why}); {NO_BASELINE_HINT}"
+
+
+NO_BASELINE_HINT = (
+    "add a baseline: set the API's key (e.g. OPENAI_API_KEY), or give `baselines:` an http://host:port/v1 endpoint "
+    "that answers like the API, or a cited:TASK/NAME score of this task; or make the gate absolute (e.g. "
+    "accuracy>=80)"
+)
 
 
 Up = dict[str, Path]  # upstream stages' work dirs by name
@@ -64,14 +107,18 @@ def _candidate(up: Up) -> str:
 
 
 def pull(i: Inputs, w: Path, up: Up) -> None:
+    """A store name is pulled; anything else must already resolve (a checkpoint dir, or a hub id this host can
+    fetch), or the run stops here rather than after the data stage."""
     if i.config.model in KNOWN:
         offramp_cmd("models", "pull", i.config.model, log=_log(w))
+    else:
+        resolve_model(i.config.model)
 
 
 def data(i: Inputs, w: Path, up: Up) -> None:
     t = i.config.task
     args = ["data", "prepare", t.source, "--out", str(w / "data"), "--seed", str(t.seed)]
-    args += ["--prompt-style", t.prompt_style]
+    args += ["--prompt-style", t.prompt_style, "--text-column", t.text_column, "--label-column", t.label_column]
     if t.train_per_label:
         args += ["--per-label", str(t.train_per_label)]
     if t.test_per_label:
@@ -119,7 +166,7 @@ def served_all(i: Inputs, w: Path, up: Up, checkpoints: dict[str, str]) -> Itera
     procs: dict[str, tuple[subprocess.Popen, int]] = {}
     try:
         for name, target in launches.items():
-            port = _free_port()
+            port = free_port()
             args = [target[0], "--name", name, "--port", str(port), *target[1:], *i.config.serve.args]
             console.print(f"  [dim]$ offramp serve {' '.join(args)}[/]")
             with open(_log(w), "a") as server_log:
@@ -130,12 +177,16 @@ def served_all(i: Inputs, w: Path, up: Up, checkpoints: dict[str, str]) -> Itera
                     start_new_session=True,
                 )
             procs[name] = (proc, port)
-        for proc, port in procs.values():
-            _wait_healthy(proc, port, _log(w))
+        for name, (proc, port) in procs.items():
+            wait_until_healthy(proc, f"http://127.0.0.1:{port}", 600, f"offramp serve {name}", partial(_tail, _log(w)))
         yield {name: f"http://127.0.0.1:{port}" for name, (_, port) in procs.items()}
     finally:
         for proc, _ in procs.values():
-            stop_process_group(proc)
+            stop_group(proc)
+
+
+def _tail(log: Path) -> str:
+    return "last lines of its log: " + " | ".join(log_tail(log, 3))
 
 
 def _task_args(i: Inputs, up: Up) -> list[str]:
@@ -169,14 +220,24 @@ def evaluate(i: Inputs, w: Path, up: Up) -> None:
         for name, spec in i.derived["baselines"]:
             systems += ["--system", f"{name}={spec}"]
         offramp_cmd(
-            "eval", *_task_args(i, up), *systems, "--gate", c.gate, "--concurrency", str(c.eval.concurrency),
-            "--candidate", _candidate(up), "--baseline", i.derived["baselines"][0][0], "--out", str(w), log=_log(w),
+            "eval", *_task_args(i, up), *systems, *_gate_args(i), "--concurrency", str(c.eval.concurrency),
+            "--candidate", _candidate(up), "--out", str(w), log=_log(w),
         )  # fmt: skip
         if c.serve.enabled:  # benchmark the same server now: one vLLM start-up (~2 min on 2 cores) less
             try:
                 run_bench(i, urls["base"], w / "bench", up, _log(w))
             except StageFailed as e:  # the bench stage then starts its own server
                 _note(_log(w), f"eval: benchmarking this server failed, the bench stage will retry: {e}")
+
+
+def _gate_args(i: Inputs) -> list[str]:
+    """The gate and the baseline it compares with. Without a baseline every candidate is still measured, and a
+    gate relative to the baseline is left for the verdict to report as NEEDS-BASELINE."""
+    if baselines := i.derived["baselines"]:
+        return ["--gate", i.config.gate, "--baseline", baselines[0][0]]
+    if parse_gate(i.config.gate).relative:
+        return ["--no-baseline"]
+    return ["--gate", i.config.gate, "--no-baseline"]
 
 
 def bench(i: Inputs, w: Path, up: Up) -> None:
@@ -243,9 +304,9 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     """The stages `cfg` asks for, in order. Each declares the config fields it reads (and only those resolve for
     it) and what it takes from outside the config; its cache key is exactly those (offramp/pipeline/inputs.py)."""
 
-    def stage(name, reads, run, needs=(), *, derived=None, optional=False) -> Stage:
+    def stage(name, reads, run, needs=(), *, derived=None, optional=False, skip=None) -> Stage:
         inputs = Inputs(ConfigView(cfg, reads), derived or {})
-        return Stage(name, inputs.key_material(), partial(run, inputs), list(needs), optional=optional)
+        return Stage(name, inputs.key_material(), partial(run, inputs), list(needs), optional=optional, skip=skip)
 
     catalogue = load_catalogue()  # the prices the stages will read, resolved once into their keys
     tuned, quantized = cfg.finetune.enabled, bool(cfg.quantize.methods)
@@ -257,7 +318,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         stages.append(stage("finetune", ["model", "finetune"], finetune, ["pull", "data"], derived=derived))
     if quantized:
         stages.append(stage("quantize", ["model", "quantize"], quantize, ["pull", "data", *ft], optional=True))
-    baselines = [baseline_spec(b.name, b.spec, b.fallback) for b in cfg.baselines]
+    baselines = resolve_baselines(cfg).usable
     eval_reads = ["model", "task", "gate", "eval", "serve", *HOST]
     api_prices = _api_price_entries(catalogue, (spec for _, spec in baselines))
     derived = {"baselines": baselines, "api_prices": api_prices, "host_price": host}
@@ -270,7 +331,10 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         if cfg.cascade.enabled:
             needs = ["data", "eval", "bench", "breakeven", *ft]
             derived = {**prices, "baselines": baselines}
-            stages.append(stage("cascade", ["cascade", "cost"], cascade, needs, derived=derived, optional=True))
+            skip = None if baselines else "no baseline to escalate to (the cascade answers unsure queries with it)"
+            stages.append(
+                stage("cascade", ["cascade", "cost"], cascade, needs, derived=derived, optional=True, skip=skip)
+            )
     return stages
 
 
@@ -292,7 +356,7 @@ def _api_price_entries(catalogue: Catalogue, specs: Iterable[str]) -> dict[str, 
     out = {}
     for spec in specs:
         provider, _, model = spec.partition(":")
-        if provider in API_KEY_ENV:
+        if provider in KEY_ENV:
             with contextlib.suppress(OfframpError):  # a model the catalogue lacks is priced by nobody
                 out[model] = catalogue.api_price(model).model_dump()
     return out
@@ -338,18 +402,3 @@ def _host_price_args(cfg: PipelineConfig, host: dict | None) -> list[str]:
     if c.host_price_per_hour is not None:
         return ["--host-price-per-hour", str(c.host_price_per_hour)]
     return ["--host-price-per-hour", str(host["on_demand_per_hour"])] if host else []
-
-
-def _wait_healthy(proc: subprocess.Popen, port: int, log: Path, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-            raise StageFailed(f"the server exited ({proc.returncode}): {' | '.join(tail)}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise StageFailed(f"the server did not become healthy within {timeout:.0f} s")
