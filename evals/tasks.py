@@ -18,8 +18,10 @@ from typing import Any
 
 from offramp.data import (
     BUILTIN,
+    NotUtf8,
     builtin_splits,
     load_chat_jsonl,
+    looks_like_labels,
     per_label_subset,
     record_label,
     record_prompt,
@@ -144,15 +146,17 @@ def load_task(
         what = "label" if kind == "classification" else "reference answer"
         try:
             records = load_chat_jsonl(path)
+        except NotUtf8:
+            raise
         except OfframpError as e:
             raise OfframpError(f"{e} (a task file needs each record's {what} as its final assistant turn)") from None
-        name, source = path.stem, str(path.resolve())
+        name, source = _prepared_task_name(path) or path.stem, str(path.resolve())
         if kind == "generation":
             labels = []
         else:
             declared = _labels_file(path)
             distinct = {record_label(r) for r in records}
-            if declared is None and len(distinct) > max(4, len(records) // 2):
+            if declared is None and not looks_like_labels([record_label(r) for r in records]):
                 raise OfframpError(
                     f"{path}: {len(distinct)} distinct answers in {len(records)} records and no labels.json beside "
                     "it: this looks like free text, not labels; use --task-type generation (with --metric)"
@@ -172,6 +176,16 @@ def load_task(
     if len(labels) < 2:
         raise OfframpError(f"{task}: a classification task needs at least 2 labels, found {labels}")
     return EvalTask(name=name, queries=queries, labels=labels, source=source, max_gen_toks=max_gen_toks)
+
+
+def _prepared_task_name(path: Path) -> str | None:
+    """The task a `data prepare` split belongs to, named after its source (not `test`), from the report beside it."""
+    report = path.with_name("data_report.json")
+    if not report.is_file():
+        return None
+    from offramp.artifacts import load_report
+
+    return load_report(report, "data").task
 
 
 # ---- lm-eval tasks -------------------------------------------------------------------------------------------

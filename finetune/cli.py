@@ -43,19 +43,22 @@ def finetune(
     fresh: Annotated[bool, typer.Option(help="discard an interrupted run's checkpoints instead of resuming")] = False,
 ) -> None:
     """LoRA / QLoRA fine-tune on chat JSONL; loss on assistant tokens only; resumes after an interrupt."""
+    from offramp.data import load_chat_jsonl
     from offramp.envs import accelerator, require_env
     from offramp.errors import OfframpError
+    from offramp.store import resolve_model
+
+    from .recipe import load_recipe
 
     if method is not None and method not in ("lora", "qlora"):
         raise OfframpError(f"--method must be lora or qlora, got {method!r}")
     if host_price_per_hour is not None and host_price_per_hour < 0:
         raise OfframpError("--host-price-per-hour must be >= 0")
-    require_env("runtime")
-    from offramp.store import resolve_model
-
-    from .recipe import load_recipe
-    from .train import RunInputs, run_finetune
-
+    # bad data, model or recipe: one error line now, not after the runtime env's ~20 s of torch / peft imports
+    for f in (data, eval_data):
+        if f is not None:
+            load_chat_jsonl(f)
+    path = resolve_model(model)
     modules = None
     if target_modules is not None:
         modules = target_modules if target_modules == "all-linear" else [m.strip() for m in target_modules.split(",")]
@@ -77,7 +80,9 @@ def finetune(
             "seed": seed,
         },
     )
-    path = resolve_model(model)
+    require_env("runtime")
+    from .train import RunInputs, run_finetune
+
     name = Path(model).name if Path(model).exists() else model.replace("/", "--")
     out = out or Path("runs") / "finetune" / f"{name}-{chosen.method}"
     inputs = RunInputs(

@@ -9,8 +9,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -79,20 +80,44 @@ def validate_record(obj: object, where: str, *, need_assistant: bool = True) -> 
     return obj
 
 
-def load_chat_jsonl(path: Path, *, need_assistant: bool = True) -> list[dict]:
-    path = Path(path)
+class NotUtf8(OfframpError):
+    """A data file with bytes that are not UTF-8: the message names the line and the byte offset."""
+
+
+def utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line with its ending) of a UTF-8 file, a leading BOM dropped; streamed, not read whole."""
+    offset = 0
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise NotUtf8(
+                    f"{path}:{n}: not UTF-8 (byte offset {offset + e.start}: {e.reason}); save the file as UTF-8"
+                ) from None
+            yield n, line.removeprefix("\ufeff") if n == 1 else line
+            offset += len(raw)
+
+
+def _check_file(path: Path) -> None:
+    if path.is_dir():
+        raise OfframpError(f"{path}: is a directory; expected a file")
     if not path.is_file():
         raise OfframpError(f"{path}: no such file")
+
+
+def load_chat_jsonl(path: Path, *, need_assistant: bool = True) -> list[dict]:
+    path = Path(path)
+    _check_file(path)
     records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise OfframpError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            records.append(validate_record(obj, f"{path}:{n}", need_assistant=need_assistant))
+    for n, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise OfframpError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        records.append(validate_record(obj, f"{path}:{n}", need_assistant=need_assistant))
     if not records:
         raise OfframpError(f"{path}: no records")
     return records
@@ -100,6 +125,53 @@ def load_chat_jsonl(path: Path, *, need_assistant: bool = True) -> list[dict]:
 
 def record_label(rec: dict) -> str:
     return rec["messages"][-1]["content"].strip()
+
+
+def looks_like_labels(answers: list[str]) -> bool:
+    """Few distinct answers for many records: classification labels, not free-text references."""
+    return len(set(answers)) <= max(4, len(answers) // 2)
+
+
+def _some(names: list[str], n: int = 5) -> str:
+    return ", ".join(map(repr, names[:n])) + (f" … (+{len(names) - n})" if len(names) > n else "")
+
+
+def answer_warnings(answers: list[str], *, split: bool) -> list[str]:
+    """Questionable but usable data: a single label, labels seen once, empty answers. `split`: the data is about
+    to be split into train and test (`data prepare`), where a label seen once never reaches the test split."""
+    out = []
+    empty = [i for i, a in enumerate(answers, 1) if not a]
+    if empty:
+        out.append(f"{len(empty)} record(s) with an empty assistant answer (first: record {empty[0]})")
+    if not (split or looks_like_labels(answers)):
+        return out  # free-text references: distinct answers are expected
+    counts = Counter(a for a in answers if a)
+    if len(counts) == 1:
+        out.append(f"a single label ({next(iter(counts))!r}): a classifier has nothing to choose between")
+    once = sorted(label for label, n in counts.items() if n == 1)
+    if once and len(counts) > 1:
+        where = " never reach the test split" if split else ""
+        out.append(f"{len(once)} label(s) with a single example{where}: {_some(once)}")
+    return out
+
+
+def warn(message: str) -> None:
+    """One line on stderr; the command goes on."""
+    print(f"offramp: warning: {message}", file=sys.stderr)
+
+
+def validate_targets(path: Path) -> list[Path]:
+    """The files `data validate PATH` checks: PATH, or the splits `data prepare` wrote into the directory PATH."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    found = [path / name for name in ("train.jsonl", "test.jsonl") if (path / name).is_file()]
+    if not found:
+        raise OfframpError(
+            f"{path}: is a directory with no train.jsonl or test.jsonl; give a chat JSONL file, or a directory "
+            "`offramp data prepare` wrote"
+        )
+    return found
 
 
 def record_prompt(rec: dict) -> list[dict]:
@@ -147,28 +219,39 @@ def stratified_split(examples: list[Example], test_fraction: float, seed: int) -
     return train, test
 
 
+# The csv module's default (128 KiB a field) refuses long documents, which are legitimate task inputs.
+CSV_FIELD_LIMIT = 2**31 - 1
+
+
 def read_csv(path: Path, text_col: str, label_col: str) -> list[Example]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        cols = reader.fieldnames or []
-        for c in (text_col, label_col):
-            if c not in cols:
-                raise OfframpError(f"{path}: no column {c!r} (columns: {', '.join(cols)})")
-        out = []
-        for n, row in enumerate(reader, 2):
-            text, label = (row[text_col] or "").strip(), (row[label_col] or "").strip()
-            if not text or not label:
-                raise OfframpError(f"{path}:{n}: empty {text_col if not text else label_col}")
-            out.append(Example(text, label))
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    reader = csv.DictReader(line for _, line in utf8_lines(path))
+    try:
+        out = _csv_examples(path, reader, text_col, label_col)
+    except csv.Error as e:
+        raise OfframpError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
     if not out:
         raise OfframpError(f"{path}: no rows")
     return out
 
 
+def _csv_examples(path: Path, reader: csv.DictReader, text_col: str, label_col: str) -> list[Example]:
+    cols = reader.fieldnames or []
+    for c in (text_col, label_col):
+        if c not in cols:
+            raise OfframpError(f"{path}: no column {c!r} (columns: {', '.join(cols)})")
+    out = []
+    for row in reader:
+        text, label = (row[text_col] or "").strip(), (row[label_col] or "").strip()
+        if not text or not label:
+            raise OfframpError(f"{path}:{reader.line_num}: empty {text_col if not text else label_col}")
+        out.append(Example(text, label))
+    return out
+
+
 def read_examples(path: Path, text_col: str = "text", label_col: str = "label") -> list[Example]:
     path = Path(path)
-    if not path.is_file():
-        raise OfframpError(f"{path}: no such file")
+    _check_file(path)
     if path.suffix == ".csv":
         return read_csv(path, text_col, label_col)
     if path.suffix in (".jsonl", ".json"):
@@ -211,9 +294,11 @@ def prepare(
         raise OfframpError("--per-label and --test-per-label must be at least 1")
     if source in BUILTIN:
         train, test, labels = builtin_splits(source)
+        warnings = []
         origin = f"built-in {source} (vendored, see offramp/datasets/{source}/README.md)"
     else:
         examples = read_examples(Path(source), text_col, label_col)
+        warnings = answer_warnings([e.label for e in examples], split=True)
         train, test = stratified_split(examples, test_fraction, seed)
         labels = sorted({e.label for e in examples})
         origin = str(Path(source).resolve())
@@ -224,16 +309,18 @@ def prepare(
     unknown = {e.label for e in train + test} - set(labels)
     if unknown:
         raise OfframpError(f"labels not in the label set: {sorted(unknown)[:5]}")
-    system = system_prompt(labels, prompt_style)
+    subject = "customer banking query" if source in BUILTIN else "query"  # a user's task is not about banking
+    system = system_prompt(labels, prompt_style, subject)
     with atomic_dir(Path(out), overwrite=overwrite, force=force) as tmp:
         n_train = write_jsonl(tmp / "train.jsonl", (to_chat(e, system) for e in train))
         n_test = write_jsonl(tmp / "test.jsonl", (to_chat(e, system) for e in test))
-        api_system = api_system_prompt(labels, train)
+        api_system = api_system_prompt(labels, train, subject)
         write_jsonl(tmp / "api_prompts.jsonl", (to_chat(e, api_system) for e in test))
         write_json(tmp / "labels.json", labels)
         report = {
             "stage": "data",
             "created_at": now_iso(),
+            "task": source if source in BUILTIN else Path(source).stem,  # eval names the task after its source
             "source": origin,
             "seed": seed,
             "per_label": per_label,
@@ -246,6 +333,7 @@ def prepare(
             "train_labels": len({e.label for e in train}),
             "test_labels": len({e.label for e in test}),
             "min_train_per_label": min(Counter(e.label for e in train).values()),
+            "warnings": warnings,
         }
         write_json(tmp / "data_report.json", report)
     return report

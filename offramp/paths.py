@@ -39,9 +39,11 @@ MARKER = ".offramp-output"
 
 
 def check_out(final: Path, *, force: bool = False) -> None:
-    """Refuse an output directory offramp would replace but did not write (a user's files), or a file there."""
+    """Refuse an output directory offramp would replace but did not write (a user's files), a file there, or a
+    place it cannot be created (a read-only dir, /proc, under a file)."""
     final = Path(final)
     if not final.exists():
+        _check_writable(final)
         return
     if not final.is_dir():
         raise OfframpError(f"--out {final}: is a file; offramp writes a directory there and will not replace it")
@@ -52,6 +54,19 @@ def check_out(final: Path, *, force: bool = False) -> None:
     )
 
 
+def _check_writable(final: Path) -> None:
+    """Fail now, not after the work, where `final` cannot be created: try a temp dir in its nearest existing parent."""
+    parent = final.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OfframpError(f"--out {final}: {parent} is a file, not a directory")
+    try:
+        tempfile.TemporaryDirectory(prefix=".offramp-probe-", dir=parent).cleanup()
+    except OSError as e:
+        raise OfframpError(f"--out {final}: cannot write in {parent} ({e.strerror or e})") from None
+
+
 @contextmanager
 def atomic_dir(final: Path, *, overwrite: bool = False, force: bool = False) -> Iterator[Path]:
     """Yield a temp dir beside `final`; rename it into place only if the block succeeds. With `overwrite`, an
@@ -60,8 +75,11 @@ def atomic_dir(final: Path, *, overwrite: bool = False, force: bool = False) -> 
     if final.exists() and not overwrite:
         raise FileExistsError(final)
     check_out(final, force=force)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    except OSError as e:
+        raise OfframpError(f"{final}: cannot write there ({e.strerror or e})") from None
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the final dir should get normal permissions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated
 
@@ -11,11 +12,25 @@ from typer.core import TyperGroup
 METHOD_NAMES = "bnb-nf4, bnb-int8, gptq-w4a16, w8a8-int8, w8a8-int8-rtn"
 
 
+def _is_run(args: list[str], commands: Iterable[str]) -> bool:
+    """Whether ARGS are `offramp quantize MODEL …` without the `run`. Only `run` takes --method, so with it a first
+    argument that names a subcommand is a model directory of that name (`offramp quantize compare --method …`)."""
+    first = args[0]
+    if first in ("--help", "-h"):
+        return False
+    if first not in commands:
+        return True
+    method = any(a == "--method" or a.startswith("--method=") for a in args[1:])
+    if first == "run":  # `run --method …` has no MODEL after `run`: a directory named run is the model
+        return method and args[1].startswith("-") and Path(first).is_dir()
+    return method
+
+
 class _RunByDefault(TyperGroup):
-    """`offramp quantize MODEL …` means `offramp quantize run MODEL …`; `compare` stays a subcommand."""
+    """`offramp quantize MODEL …` means `offramp quantize run MODEL …`; `compare` and `emulate` stay subcommands."""
 
     def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+        if args and _is_run(args, self.commands):
             args = ["run", *args]
         return super().parse_args(ctx, args)
 
@@ -57,11 +72,13 @@ def run(
     from offramp.envs import require_env
     from offramp.quantize.calib import load_task_text
     from offramp.quantize.methods import get_method
+    from offramp.quantize.run import check_checkpoint
     from offramp.store import resolve_model
 
     # bad method, model or calibration data: one error line here, before any env is set up or model loaded
     chosen = get_method(method)
     src = resolve_model(model)
+    check_checkpoint(src)
     load_task_text(calib, n_calib=n_calib, n_heldout=n_heldout)
     out = out or Path("quantized") / f"{Path(model.rstrip('/')).name}-{chosen.name}"
     os.environ.setdefault("TQDM_DISABLE", "1")  # before any library imports tqdm (here or in the re-exec'd env)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import json
 import shutil
 import time
 from pathlib import Path
@@ -43,6 +44,23 @@ def _quiet() -> None:
 
 def _evaluate(model, tokenizer, heldout_texts: list[str], prompt: str) -> tuple[float, str]:
     return perplexity(model, tokenizer, heldout_texts), greedy_answer(model, tokenizer, prompt)
+
+
+def check_checkpoint(src: str) -> None:
+    """A local model dir must be a checkpoint quantize can read, checked before any model library loads:
+    config.json a JSON object, and safetensors weights beside it."""
+    path = Path(src)
+    if not path.is_dir():
+        return  # a hub id: its files are fetched later
+    config = path / "config.json"
+    try:
+        parsed = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise OfframpError(f"{config}: not a valid model config ({e})") from None
+    if not isinstance(parsed, dict):
+        raise OfframpError(f"{config}: not a valid model config (a JSON object expected)")
+    if not any(path.glob("*.safetensors")):
+        raise OfframpError(f"{path}: no weights (*.safetensors) beside config.json; quantize needs a full checkpoint")
 
 
 def _check_disk(out: Path, src: str) -> None:

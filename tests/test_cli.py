@@ -41,3 +41,22 @@ def test_the_runtime_env_builds_a_stage_env_with_no_uv_of_its_own(tmp_path: Path
     assert out.returncode == 0, out.stderr[-2000:]
     name, version = out.stdout.split()
     assert name == "gptq" and version
+
+
+def test_the_bitsandbytes_kernels_hub_notice_alone_is_silenced(caplog: pytest.LogCaptureFixture) -> None:
+    """bitsandbytes logs a warning on every import (peft imports it) when the optional `kernels` package is absent;
+    main() drops exactly that message, and the logger's other warnings still show (#15.9)."""
+    import logging
+
+    from offramp.cli import silence_known_noise
+
+    silence_known_noise()
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        log.warning(
+            "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
+            "`pip install kernels` and the kernels >= 0.11.1",
+            "No module named 'kernels'",
+        )
+        log.warning("a real problem")
+    assert [r.getMessage() for r in caplog.records] == ["a real problem"]

@@ -146,3 +146,79 @@ def test_data_prepare_replaces_its_own_output_and_a_user_dir_only_with_force(tmp
     res = cli(*args, "--out", str(mine), "--force")
     assert res.returncode == 0, res.stderr
     assert not (mine / "notes.txt").exists() and (mine / "train.jsonl").is_file()
+
+
+def _csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    path.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows), encoding="utf-8")
+    return path
+
+
+def test_a_long_csv_field_is_read_whole(tmp_path):
+    # The csv module refuses fields over 128 KiB by default; a long document is a legitimate input (#15.6).
+    long = "word " * 40_000  # 200 kB
+    rows = [(f"question {i}", "ab"[i % 2]) for i in range(10)] + [(long.strip(), "a")]
+    prepare(str(_csv(tmp_path / "long.csv", rows)), tmp_path / "out")
+    recs = load_chat_jsonl(tmp_path / "out/train.jsonl") + load_chat_jsonl(tmp_path / "out/test.jsonl")
+    texts = [r["messages"][1]["content"] for r in recs]
+    assert long.strip() in texts
+
+
+def test_questionable_data_is_prepared_with_warnings_in_the_report(tmp_path):
+    one_label = prepare(str(_csv(tmp_path / "one.csv", [(f"q{i}", "a") for i in range(5)])), tmp_path / "o1")
+    assert one_label["warnings"] == ["a single label ('a'): a classifier has nothing to choose between"]
+    rows = [(f"q{i}", "ab"[i % 2]) for i in range(10)] + [("lonely", "z")]
+    lonely = prepare(str(_csv(tmp_path / "lonely.csv", rows)), tmp_path / "o2")
+    assert lonely["warnings"] == ["1 label(s) with a single example never reach the test split: 'z'"]
+    assert "z" not in _labels(tmp_path / "o2/test.jsonl")
+    assert json.loads((tmp_path / "o2/data_report.json").read_text())["warnings"] == lonely["warnings"]
+    fine = prepare(str(_csv(tmp_path / "fine.csv", rows[:10])), tmp_path / "o3")
+    assert fine["warnings"] == []
+
+
+def _chat(question: str, answer: str) -> str:
+    msgs = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return json.dumps({"messages": msgs}) + "\n"
+
+
+def test_cli_warns_on_one_line_each_and_goes_on(tmp_path, cli):
+    res = cli("data", "prepare", str(_csv(tmp_path / "one.csv", [(f"q{i}", "a") for i in range(5)])),
+              "--out", str(tmp_path / "out"))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    warnings = [x for x in res.stderr.splitlines() if "warning:" in x]
+    assert warnings == [f"offramp: warning: {tmp_path / 'one.csv'}: a single label ('a'): a classifier has nothing "
+                        "to choose between"]  # fmt: skip
+    f = tmp_path / "empty.jsonl"
+    f.write_text("".join(_chat(f"q{i}", " " if i == 2 else "ab"[i % 2]) for i in range(8)))
+    res = cli("data", "validate", str(f))
+    assert res.returncode == 0 and "8 records" in res.stdout
+    assert res.stderr.splitlines() == [
+        f"offramp: warning: {f}: 1 record(s) with an empty assistant answer (first: record 3)"
+    ]
+
+
+def test_free_text_answers_are_not_warned_about_as_labels(tmp_path, cli):
+    f = tmp_path / "gen.jsonl"
+    f.write_text("".join(_chat(f"q{i}", f"a different answer {i}") for i in range(8)))
+    res = cli("data", "validate", str(f))
+    assert res.returncode == 0 and res.stderr == ""
+
+
+def test_cli_validate_checks_both_splits_of_a_prepared_dir(tmp_path, cli):
+    out = tmp_path / "x"
+    res = cli("data", "prepare", "banking77", "--per-label", "2", "--test-per-label", "1", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    res = cli("data", "validate", str(out))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        f"{out / 'train.jsonl'}: 154 records, 77 distinct answers",
+        f"{out / 'test.jsonl'}: 77 records, 77 distinct answers",
+    ]
+
+
+def test_not_utf8_names_the_line_and_byte_offset(tmp_path):
+    f = tmp_path / "latin1.jsonl"
+    f.write_bytes(_chat("ok", "a").encode() + _chat("cafX", "b").encode().replace(b"X", b"\xe9"))  # latin-1 é
+    with pytest.raises(OfframpError, match=r"latin1.jsonl:2: not UTF-8 \(byte offset 1\d\d: invalid continuation"):
+        load_chat_jsonl(f)
+    (tmp_path / "bom.csv").write_bytes("\ufefftext,label\n".encode() + b"q1,a\nq2,b\nq3,a\nq4,b\n")
+    assert prepare(str(tmp_path / "bom.csv"), tmp_path / "out", test_fraction=0.5)["labels"] == 2

@@ -140,6 +140,26 @@ def test_bad_input_is_one_line_and_leaves_nothing(cli, tiny_model: Path, tmp_pat
         assert not out.exists() and not list(tmp_path.glob(".q.tmp-*"))
 
 
+@pytest.mark.parametrize(
+    "args, is_run",
+    [
+        (["m", "--method", "bnb-int8"], True),
+        (["compare", "a", "b"], False),
+        (["compare", "--method", "bnb-int8", "--out", "q"], True),  # a model directory named compare
+        (["emulate", "ckpt", "--out", "e"], False),
+        (["run", "m", "--method", "bnb-int8"], False),  # `run` spelled out
+        (["run", "--method", "bnb-int8"], True),  # a model directory named run (made below)
+        (["--help"], False),
+    ],
+)
+def test_a_model_dir_named_like_a_subcommand_is_the_model(args, is_run, tmp_path, monkeypatch) -> None:
+    from offramp.quantize.cli import _is_run
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    assert _is_run(args, ["run", "compare", "emulate"]) is is_run
+
+
 def test_failed_reload_check_writes_nothing(cli, tiny_model: Path, tmp_path: Path) -> None:
     """A limit no checkpoint can meet: the run must fail clearly and leave no checkpoint behind."""
     out = tmp_path / "refused"
