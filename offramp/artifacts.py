@@ -195,12 +195,14 @@ class CascadeReport(_Report):
 class DataReport(_Report):
     stage: Literal["data"] = "data"
     hardware: dict | None = None  # data prep measures nothing
+    task: str | None = None  # named after the source (a built-in's name, else the file's stem)
     source: str
     seed: int
     prompt_style: str
     labels: int  # size of the label set
     train: int  # records in train.jsonl
     test: int  # records in test.jsonl
+    warnings: list[str] = []  # questionable input data prepare went on with (also printed as warning lines)
 
 
 class EmulateCheck(_Section):
@@ -266,3 +268,63 @@ __all__ = [
     "SystemResult",
     "load_report",
 ]
+
+
+class TokenStats(BaseModel):
+    """A per-call token count over the calls that report it (n); None where none does."""
+
+    n: int
+    mean: float | None
+    p50: float | None
+    p99: float | None
+
+
+class TrafficRates(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    timed_calls: int
+    untimed_calls: int  # timed only by their import: left out of rates
+    per_hour: dict[str, float] | None  # mean, peak
+    per_day: dict[str, float] | None
+    peak_to_average: float | None  # busiest UTC hour / mean per hour over the window
+    requests_per_month: float | None = None
+    hourly: list[int]
+
+
+class TrafficSpend(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    measured_usd: float
+    priced_calls: int
+    unpriced_calls: int
+    unpriced_reasons: dict[str, int]
+    per_month_usd: float | None  # measured × 730 h / window_hours
+    window_hours: float | None
+
+
+class TrafficGroup(BaseModel):
+    """The figures of one (tag, model) of a traffic report; rules in the report's `rules`."""
+
+    model_config = ConfigDict(extra="allow")
+    tag: str | None
+    model: str | None
+    calls: int
+    rates: TrafficRates
+    tokens: dict[str, TokenStats]  # input, output, cached, reasoning
+    spend: TrafficSpend
+    duplicates: dict[str, float]  # share, distinct_requests, calls
+    prefix: dict[str, Any]
+    answers: dict[str, Any]  # kind: classification / free text / no answers
+
+
+class TrafficReport(_Report):
+    stage: Literal["traffic"] = "traffic"
+    store: str
+    filters: dict[str, str | None]
+    window: dict[str, Any]  # start, end, hours, days, from
+    calls: int
+    groups: list[TrafficGroup]
+    total: TrafficGroup | None  # over every group, when there is more than one
+    rules: dict[str, str]
+
+
+REPORTS["traffic"] = TrafficReport
+__all__ += ["TokenStats", "TrafficGroup", "TrafficRates", "TrafficReport", "TrafficSpend"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -34,6 +35,7 @@ STAGES = [
     "offramp.evals.cli",
     "offramp.cost.cli",
     "offramp.pipeline",
+    "offramp.traffic.cli",
 ]
 
 
@@ -126,7 +128,7 @@ def data_prepare(
     force: Annotated[bool, typer.Option(help="replace --out even if offramp did not write it")] = False,
 ) -> None:
     """Write train.jsonl / test.jsonl (OpenAI chat format), labels.json and data_report.json."""
-    from offramp.data import prepare
+    from offramp.data import prepare, warn
     from offramp.paths import check_out
 
     name = source if "/" not in source and "." not in source else Path(source).stem
@@ -144,17 +146,23 @@ def data_prepare(
         label_col=label_column,
         force=force,
     )
+    for w in report["warnings"]:
+        warn(f"{source}: {w}")
     console.print(f"[green]wrote[/] {out}: train {report['train']}, test {report['test']}, labels {report['labels']}")
 
 
 @data_app.command("validate")
-def data_validate(path: Path) -> None:
-    """Check a chat JSONL file; reports the first bad line as file:line."""
-    from offramp.data import load_chat_jsonl, record_label
+def data_validate(
+    path: Annotated[Path, typer.Argument(help="a chat JSONL file, or a data prepare dir (its train/test.jsonl)")],
+) -> None:
+    """Check a chat JSONL file; reports the first bad line as file:line, and warns on questionable answers."""
+    from offramp.data import answer_warnings, load_chat_jsonl, record_label, validate_targets, warn
 
-    recs = load_chat_jsonl(path)
-    labels = {record_label(r) for r in recs}
-    print(f"{path}: {len(recs)} records, {len(labels)} distinct answers")
+    for f in validate_targets(path):
+        answers = [record_label(r) for r in load_chat_jsonl(f)]
+        for w in answer_warnings(answers, split=False):
+            warn(f"{f}: {w}")
+        print(f"{f}: {len(answers)} records, {len(set(answers))} distinct answers")
 
 
 def _register_stages() -> None:
@@ -165,7 +173,19 @@ def _register_stages() -> None:
 _register_stages()
 
 
+# Known, harmless third-party log lines: (logger, start of the message). bitsandbytes probes the kernels hub for a
+# faster CPU 4-bit kernel on every import (peft imports it) and logs its absence as a warning.
+NOISE = [("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward")]
+
+
+def silence_known_noise() -> None:
+    """Drop exactly the NOISE messages; other records of those loggers still pass."""
+    for name, start in NOISE:
+        logging.getLogger(name).addFilter(lambda r, start=start: not str(r.msg).startswith(start))
+
+
 def main() -> None:
+    silence_known_noise()
     try:
         app()
     except OfframpError as e:
