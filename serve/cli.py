@@ -16,70 +16,56 @@ from offramp.errors import OfframpError
 CASCADE = "Cascade router"  # help panel of the --cascade options
 
 
+def _opt(help: str, *names: str, **kw: object) -> object:
+    return typer.Option(*names, help=help, **kw)
+
+
+def _cascade_opt(help: str, *names: str) -> object:
+    return typer.Option(*names, help=help, rich_help_panel=CASCADE)
+
+
 def _serve(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="store name, checkpoint dir or hub id")],
     adapter: Annotated[
-        list[str] | None, typer.Option("--adapter", help="LoRA adapter NAME=DIR (repeatable); served as model NAME")
+        list[str] | None, _opt("LoRA adapter NAME=DIR (repeatable); served as model NAME", "--adapter")
     ] = None,
-    host: Annotated[str, typer.Option(help="bind address; loopback unless you mean to expose it")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
-    api_key: Annotated[
-        str | None, typer.Option("--api-key", help="NAME of the env var holding the API key (never the key itself)")
-    ] = None,
-    max_model_len: Annotated[int | None, typer.Option(help="context length (default: the model's)")] = None,
-    tp: Annotated[int, typer.Option("--tp", help="tensor parallel size (vLLM --tensor-parallel-size)")] = 1,
-    dp: Annotated[int, typer.Option("--dp", help="data parallel size (vLLM --data-parallel-size)")] = 1,
-    name: Annotated[str | None, typer.Option(help="served model name (default: the store name or dir name)")] = None,
-    enable_lora: Annotated[bool, typer.Option(help="allow LoRA adapters to be hot-loaded later")] = False,
+    host: Annotated[str, _opt("bind address; loopback unless you mean to expose it")] = "127.0.0.1",
+    port: Annotated[int, _opt("port to listen on")] = 8000,
+    api_key: Annotated[str | None, _opt("NAME of the env var holding the API key (never the key)", "--api-key")] = None,
+    max_model_len: Annotated[int | None, _opt("context length (default: the model's)")] = None,
+    tp: Annotated[int, _opt("tensor parallel size (vLLM --tensor-parallel-size)", "--tp")] = 1,
+    dp: Annotated[int, _opt("data parallel size (vLLM --data-parallel-size)", "--dp")] = 1,
+    name: Annotated[str | None, _opt("served model name (default: the store name or dir name)")] = None,
+    enable_lora: Annotated[bool, _opt("allow LoRA adapters to be hot-loaded later")] = False,
     eager: Annotated[
-        bool | None, typer.Option("--eager/--compiled", help="default: eager on CPU (correct there), compiled on CUDA")
+        bool | None, _opt("default: eager on CPU (correct there), compiled on CUDA", "--eager/--compiled")
     ] = None,
-    startup_timeout: Annotated[float, typer.Option(help="seconds to wait for /health")] = 900.0,
-    log: Annotated[Path | None, typer.Option(help="vLLM's log file (default: a temp file)")] = None,
+    startup_timeout: Annotated[float, _opt("seconds to wait for /health")] = 900.0,
+    log: Annotated[Path | None, _opt("vLLM's log file (default: a temp file)")] = None,
     cascade: Annotated[
-        bool,
-        typer.Option(
-            "--cascade",
-            rich_help_panel=CASCADE,
-            help="serve a cascade router: local answer if confident, else --fallback",
-        ),
+        bool, _cascade_opt("serve a cascade router: local answer if confident, else --fallback", "--cascade")
     ] = False,
     fallback: Annotated[
-        str | None,
-        typer.Option(
-            rich_help_panel=CASCADE, help="fallback API: openai:MODEL, anthropic:MODEL or http://host:port/v1#MODEL"
-        ),
+        str | None, _cascade_opt("fallback API: openai:MODEL, anthropic:MODEL or http://host:port/v1#MODEL")
     ] = None,
     threshold: Annotated[
-        float | None,
-        typer.Option(rich_help_panel=CASCADE, help="keep the local answer when P(answer | prompt) >= this, in [0, 1]"),
+        float | None, _cascade_opt("keep the local answer when P(answer | prompt) >= this, in [0, 1]")
     ] = None,
     labels: Annotated[
-        str | None,
-        typer.Option(
-            rich_help_panel=CASCADE, help="labels.json (or banking77): constrain local answers to these labels"
-        ),
+        str | None, _cascade_opt("labels.json (or banking77): constrain local answers to these labels")
     ] = None,
     cascade_port: Annotated[
-        int | None,
-        typer.Option(rich_help_panel=CASCADE, help="the router's port (default: --port; vLLM then takes a free one)"),
+        int | None, _cascade_opt("the router's port (default: --port; vLLM then takes a free one)")
     ] = None,
     local_url: Annotated[
         str | None,
-        typer.Option(
-            rich_help_panel=CASCADE,
-            help="put the router in front of this running server (http://host:port/v1); MODEL "
-            "is then the model name it serves",
-        ),
+        _cascade_opt("put the router in front of this running server (http://host:port/v1); MODEL is its model"),
     ] = None,
     fallback_timeout: Annotated[
-        float,
-        typer.Option(rich_help_panel=CASCADE, help="seconds the fallback may take, retries included, before degrading"),
+        float, _cascade_opt("seconds the fallback may take, retries included, before degrading")
     ] = 30.0,
-    fallback_retries: Annotated[
-        int, typer.Option(rich_help_panel=CASCADE, help="fallback retries after the first attempt")
-    ] = 2,
+    fallback_retries: Annotated[int, _cascade_opt("fallback retries after the first attempt")] = 2,
 ) -> None:
     """Serve MODEL (+ LoRA adapters) with vLLM's OpenAI-compatible server, prefix caching on, until Ctrl-C.
 
@@ -89,20 +75,17 @@ def _serve(
     With --cascade, one OpenAI-compatible endpoint answers with the local model when it is confident enough and
     forwards the request to --fallback otherwise (see serve/README.md, "Cascade router").
     """
-    from offramp.serve.server import api_key_from_env, parse_adapters
-    from offramp.store import resolve_model
-
+    vllm_options = {
+        "max_model_len": max_model_len,
+        "tensor_parallel": tp,
+        "data_parallel": dp,
+        "enable_lora": True if enable_lora else None,
+        "enforce_eager": eager,
+        "extra_args": list(ctx.args),
+        "startup_timeout": startup_timeout,
+        "log_path": log,
+    }
     if cascade or local_url or fallback or threshold is not None:
-        vllm_options = {
-            "max_model_len": max_model_len,
-            "tensor_parallel": tp,
-            "data_parallel": dp,
-            "enable_lora": True if enable_lora else None,
-            "enforce_eager": eager,
-            "extra_args": list(ctx.args),
-            "startup_timeout": startup_timeout,
-            "log_path": log,
-        }
         return _serve_cascade(
             model,
             cascade=cascade,
@@ -119,11 +102,21 @@ def _serve(
             fallback_retries=fallback_retries,
             vllm_options=vllm_options,
         )
+    _serve_vllm(model, adapter or [], host=host, port=port, api_key=api_key, name=name, vllm_options=vllm_options)
+
+
+def _serve_vllm(
+    model: str, adapter: list[str], *, host: str, port: int, api_key: str | None, name: str | None, vllm_options: dict
+) -> None:
+    """Plain `offramp serve`: vLLM in the foreground on --host/--port until Ctrl-C or SIGTERM."""
+    from offramp.serve.server import api_key_from_env, parse_adapters
+    from offramp.store import resolve_model
+
     # Everything checkable is checked before paying for the runtime environment and a server start.
     path = resolve_model(model)
-    adapters = parse_adapters(adapter or [])
+    adapters = parse_adapters(adapter)
     api_key_from_env(api_key)
-    if tp < 1 or dp < 1:
+    if vllm_options["tensor_parallel"] < 1 or vllm_options["data_parallel"] < 1:
         raise OfframpError("--tp and --dp must be at least 1")
     from offramp.envs import require_env
 
@@ -132,20 +125,7 @@ def _serve(
 
     served = name or (model if Path(path).name == model else Path(path).name)
     server = VllmServer(
-        path,
-        adapters=adapters,
-        enable_lora=True if enable_lora else None,
-        host=host,
-        port=port,
-        api_key_env=api_key,
-        max_model_len=max_model_len,
-        served_model_name=served,
-        tensor_parallel=tp,
-        data_parallel=dp,
-        enforce_eager=eager,
-        extra_args=list(ctx.args),
-        startup_timeout=startup_timeout,
-        log_path=log,
+        path, adapters=adapters, host=host, port=port, api_key_env=api_key, served_model_name=served, **vllm_options
     )
     # SIGTERM (systemd, docker stop, kill) stops the server as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -178,14 +158,7 @@ def _serve_cascade(
 ) -> None:
     """`offramp serve --cascade`: vLLM on an internal loopback port (or the server at --local-url) behind the
     cascade router, which is the public endpoint on --host/--cascade-port."""
-    if not cascade:
-        raise OfframpError("--fallback, --threshold and --local-url configure the cascade: add --cascade")
-    if fallback is None or threshold is None:
-        raise OfframpError("--cascade needs --fallback (openai:MODEL, anthropic:MODEL or URL#MODEL) and --threshold")
-    if not 0 <= threshold <= 1:
-        raise OfframpError(f"--threshold must be in [0, 1], got {threshold}")
-    if local_url is not None and not local_url.startswith(("http://", "https://")):
-        raise OfframpError(f"--local-url takes the server's base URL, e.g. http://127.0.0.1:8000/v1, got {local_url!r}")
+    _check_cascade_args(cascade, fallback, threshold, local_url)
     from offramp.serve.server import api_key_from_env, parse_adapters, port_is_free
 
     key = api_key_from_env(api_key)
@@ -240,6 +213,17 @@ def _serve_cascade(
             raise OfframpError(f"vLLM exited unexpectedly with code {server.wait()}; {server.log_tail_text()}")
     except KeyboardInterrupt:
         print("offramp: stopped the cascade", file=sys.stderr)
+
+
+def _check_cascade_args(cascade: bool, fallback: str | None, threshold: float | None, local_url: str | None) -> None:
+    if not cascade:
+        raise OfframpError("--fallback, --threshold and --local-url configure the cascade: add --cascade")
+    if fallback is None or threshold is None:
+        raise OfframpError("--cascade needs --fallback (openai:MODEL, anthropic:MODEL or URL#MODEL) and --threshold")
+    if not 0 <= threshold <= 1:
+        raise OfframpError(f"--threshold must be in [0, 1], got {threshold}")
+    if local_url is not None and not local_url.startswith(("http://", "https://")):
+        raise OfframpError(f"--local-url takes the server's base URL, e.g. http://127.0.0.1:8000/v1, got {local_url!r}")
 
 
 def _run_router(cfg, host: str, port: int, api_key_env: str | None, server) -> None:

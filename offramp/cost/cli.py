@@ -35,20 +35,11 @@ def _load_inputs(
     from pydantic import ValidationError
 
     from offramp.artifacts import load_report
-    from offramp.cost.model import DEPLOYMENTS
     from offramp.cost.prices import adhoc_host, load_catalogue
     from offramp.cost.report import Inputs, OneOff, Operations, same_model
-    from offramp.cost.workload import load_workload, measure_api_prompts, measure_tokens
+    from offramp.cost.workload import load_workload
 
-    if options["deployment"] not in DEPLOYMENTS:
-        raise OfframpError(f"unknown deployment {options['deployment']!r}; use {' or '.join(DEPLOYMENTS)}")
-    for flag in ("autoscale_utilisation", "target_utilisation"):
-        if not 0 < options[flag] <= 1:
-            raise OfframpError(f"--{flag.replace('_', '-')} must be in (0, 1], got {options[flag]}")
-    if options["output_weight"] is not None and options["output_weight"] <= 0:
-        raise OfframpError(f"--output-weight must be > 0, got {options['output_weight']}")
-    if options["escalation_share"] is not None and not 0 <= options["escalation_share"] <= 1:
-        raise OfframpError(f"--escalation-share must be in [0, 1], got {options['escalation_share']}")
+    _check_options(options)
     catalogue = load_catalogue(prices)
     api_price = catalogue.api_price(api, allow_retired=options.pop("allow_retired"))
     if (host is None) == (host_price_per_hour is None):
@@ -63,28 +54,13 @@ def _load_inputs(
         kind = "gpu" if bench_report.hardware.get("gpus") else "cpu"
         host_name, host_price = f"{host_price_per_hour:g} USD/hour", adhoc_host(host_price_per_hour, kind=kind)
     host_price.per_hour(pricing)  # fail now if that pricing is unknown for the host
-    if prompts is not None:
-        if workload_fields.get("input_tokens") or workload_fields.get("output_tokens"):
-            raise OfframpError("give either --prompts (measure tokens) or --input-tokens/--output-tokens, not both")
-        workload_fields.update(measure_tokens(prompts, model or served[-1]))  # model_root over a served alias
-    if api_prompts is not None:
-        if workload_fields.get("api_input_tokens"):
-            raise OfframpError("give either --api-prompts (measure them) or --api-input-tokens, not both")
-        measured = measure_api_prompts(api_prompts, model or served[-1])
-        shared = measured.pop("api_shared_prefix_share")
-        workload_fields.update(measured)
-        if workload_fields.get("cached_input_share") is None:  # a prefix every call repeats is what the cache reuses
-            workload_fields["cached_input_share"] = shared
+    _measure_prompts(workload_fields, prompts, api_prompts, model or served[-1])  # model_root over a served alias
     eval_report = load_report(eval_path, "eval") if eval_path is not None else None
     if eval_report is not None and workload_fields.get("reasoning_tokens") is None:
         workload_fields.update(_measured_reasoning(eval_report, api, eval_path))
     workload = load_workload(workload_file, workload_fields, defaults=_bench_tokens(bench_report, bench))
     if finetune is not None:
-        ft = load_report(finetune, "finetune")
-        if ft.run_cost_usd is None:
-            one_off_fields["finetune_source"] = f"{finetune} has no run_cost_usd (no host price given): counted as 0"
-        else:
-            one_off_fields.update(finetune_usd=ft.run_cost_usd, finetune_source=f"{finetune} run_cost_usd")
+        one_off_fields.update(_finetune_one_off(finetune))
     try:
         one_off = OneOff(**one_off_fields)
         operations = Operations(**options.pop("operations"))
@@ -105,6 +81,47 @@ def _load_inputs(
         eval=eval_report,
         **options,
     )
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    from offramp.cost.model import DEPLOYMENTS
+
+    if options["deployment"] not in DEPLOYMENTS:
+        raise OfframpError(f"unknown deployment {options['deployment']!r}; use {' or '.join(DEPLOYMENTS)}")
+    for flag in ("autoscale_utilisation", "target_utilisation"):
+        if not 0 < options[flag] <= 1:
+            raise OfframpError(f"--{flag.replace('_', '-')} must be in (0, 1], got {options[flag]}")
+    if options["output_weight"] is not None and options["output_weight"] <= 0:
+        raise OfframpError(f"--output-weight must be > 0, got {options['output_weight']}")
+    if options["escalation_share"] is not None and not 0 <= options["escalation_share"] <= 1:
+        raise OfframpError(f"--escalation-share must be in [0, 1], got {options['escalation_share']}")
+
+
+def _measure_prompts(fields: dict[str, Any], prompts: Path | None, api_prompts: Path | None, model: str) -> None:
+    """Tokens per request counted on the prompts themselves (the small model's, and the API's) into `fields`."""
+    from offramp.cost.workload import measure_api_prompts, measure_tokens
+
+    if prompts is not None:
+        if fields.get("input_tokens") or fields.get("output_tokens"):
+            raise OfframpError("give either --prompts (measure tokens) or --input-tokens/--output-tokens, not both")
+        fields.update(measure_tokens(prompts, model))
+    if api_prompts is not None:
+        if fields.get("api_input_tokens"):
+            raise OfframpError("give either --api-prompts (measure them) or --api-input-tokens, not both")
+        measured = measure_api_prompts(api_prompts, model)
+        shared = measured.pop("api_shared_prefix_share")
+        fields.update(measured)
+        if fields.get("cached_input_share") is None:  # a prefix every call repeats is what the cache reuses
+            fields["cached_input_share"] = shared
+
+
+def _finetune_one_off(finetune: Path) -> dict[str, Any]:
+    from offramp.artifacts import load_report
+
+    ft = load_report(finetune, "finetune")
+    if ft.run_cost_usd is None:
+        return {"finetune_source": f"{finetune} has no run_cost_usd (no host price given): counted as 0"}
+    return {"finetune_usd": ft.run_cost_usd, "finetune_source": f"{finetune} run_cost_usd"}
 
 
 def _measured_reasoning(ev, api: str, path: Path) -> dict[str, Any]:
@@ -172,86 +189,80 @@ def _write_outputs(out: Path, inp, body: dict) -> tuple[Path, Path]:
     return report, png
 
 
+def breakeven(
+    api: Annotated[str, Opt(help="API model from the price catalogue, e.g. gpt-4o-mini")],
+    bench: Annotated[Path, Opt(help="bench_report.json of the self-hosted model")],
+    host: Annotated[str | None, Opt(help="host from the price catalogue, e.g. aws-g6-xlarge")] = None,
+    host_price_per_hour: Annotated[float | None, Opt(help="or: the host's price in USD/hour")] = None,
+    pricing: Annotated[str, Opt(help="on_demand, spot or reserved_1y")] = "on_demand",
+    prices: Annotated[list[Path] | None, Opt(help="your price YAML, merged over the catalogue")] = None,
+    model: Annotated[str | None, Opt(help="the model priced; must match the bench report's")] = None,
+    workload: Annotated[Path | None, Opt(help="workload YAML (flags below override it)")] = None,
+    requests_per_month: Annotated[float | None, Opt()] = None,
+    input_tokens: Annotated[float | None, Opt(help="mean input tokens per request")] = None,
+    output_tokens: Annotated[float | None, Opt(help="mean output tokens per request")] = None,
+    prompts: Annotated[Path | None, Opt(help="chat JSONL to measure the tokens per request from")] = None,
+    api_prompts: Annotated[
+        Path | None, Opt(help="chat JSONL of the prompts the API is sent: priced on those, shared prefix cached")
+    ] = None,
+    api_input_tokens: Annotated[float | None, Opt(help="or: mean input tokens of the API's prompt")] = None,
+    reasoning_tokens: Annotated[float | None, Opt(help="hidden reasoning tokens per API request")] = None,
+    cache_write_share: Annotated[float | None, Opt(help="share of API input billed as cache writes")] = None,
+    allow_retired: Annotated[bool, Opt(help="price an API model its vendor has retired")] = False,
+    cached_input_share: Annotated[float | None, Opt(help="share of input tokens hitting the prompt cache")] = None,
+    peak_to_average: Annotated[float | None, Opt(help="peak / average request rate (default 2)")] = None,
+    batch_tolerant: Annotated[bool | None, Opt(help="answers may wait for the batch API")] = None,
+    slo_ttft_s: Annotated[float | None, Opt(help="p99 TTFT SLO (default: the bench's)")] = None,
+    slo_tpot_ms: Annotated[float | None, Opt(help="p99 TPOT SLO (default: the bench's)")] = None,
+    deployment: Annotated[str, Opt(help="always-on or scale-to-zero")] = "always-on",
+    autoscale_utilisation: Annotated[float, Opt(help="busy share of paid hours when scaling")] = 0.7,
+    target_utilisation: Annotated[float, Opt(help="share of the SLO load the peak may use")] = 0.7,
+    n_plus_one: Annotated[bool, Opt(help="keep one spare replica beside those the peak needs")] = False,
+    ops_hours_per_month: Annotated[float, Opt(help="operations hours per month")] = OPS_HOURS_PER_MONTH,
+    ops_rate: Annotated[float, Opt(help="operations USD/hour")] = OPS_RATE_USD,
+    output_weight: Annotated[float | None, Opt(help="split host cost: 1 output token = K input")] = None,
+    escalation_share: Annotated[float | None, Opt(help="also price a cascade escalating this share")] = None,
+    eval_report: Annotated[Path | None, Opt("--eval", help="eval_report.json: its gate decides quality")] = None,
+    finetune: Annotated[Path | None, Opt(help="finetune_report.json: its run_cost_usd is a one-off")] = None,
+    eval_spend: Annotated[float, Opt(help="one-off evaluation spend, USD")] = 0.0,
+    eng_hours: Annotated[float, Opt(help="one-off engineering hours")] = 0.0,
+    eng_rate: Annotated[float, Opt(help="engineering USD/hour")] = 0.0,
+    amortise_months: Annotated[int, Opt(help="months the one-off costs are spread over")] = 12,
+    out: Annotated[Path, Opt(help="output directory")] = Path("runs/breakeven"),
+) -> None:
+    """Self-hosted vs API cost per token and per month, break-even volume, go/no-go with the eval gate."""
+    if (prompts or api_prompts) and importlib.util.find_spec("transformers") is None:
+        from offramp.envs import require_env
+
+        require_env("runtime")  # count tokens with the model's own tokenizer, not characters / 4
+    from offramp.cost.report import analyse
+    from offramp.cost.table import print_summary
+
+    slo = {"p99_ttft_s": slo_ttft_s, "p99_tpot_ms": slo_tpot_ms} if slo_ttft_s or slo_tpot_ms else None
+    fields = {
+        "requests_per_month": requests_per_month, "input_tokens": input_tokens, "output_tokens": output_tokens,
+        "cached_input_share": cached_input_share, "peak_to_average": peak_to_average,
+        "batch_tolerant": batch_tolerant, "slo": slo, "api_input_tokens": api_input_tokens,
+        "reasoning_tokens": reasoning_tokens, "cache_write_share": cache_write_share,
+        "reasoning_source": "stated by the user (--reasoning-tokens)" if reasoning_tokens is not None else None,
+        "api_token_source": "stated by the user (--api-input-tokens)" if api_input_tokens else None,
+    }  # fmt: skip
+    one_off = {
+        "eval_usd": eval_spend, "engineering_hours": eng_hours, "engineering_rate_usd": eng_rate,
+        "amortise_months": amortise_months,
+    }  # fmt: skip
+    inp = _load_inputs(
+        api, bench, host, host_price_per_hour, prices, pricing, model, fields, workload, prompts, api_prompts,
+        eval_report, finetune, one_off, deployment=deployment, autoscale_utilisation=autoscale_utilisation,
+        target_utilisation=target_utilisation, spare_replicas=int(n_plus_one), allow_retired=allow_retired,
+        operations={"hours_per_month": ops_hours_per_month, "rate_usd": ops_rate},
+        output_weight=output_weight, escalation_share=escalation_share,
+    )  # fmt: skip
+    body = analyse(inp)
+    report, png = _write_outputs(out, inp, body)
+    print_summary(inp, body)
+    typer.echo(f"wrote {report} and {png}")
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("breakeven")
-    def breakeven(
-        api: Annotated[str, Opt(help="API model from the price catalogue, e.g. gpt-4o-mini")],
-        bench: Annotated[Path, Opt(help="bench_report.json of the self-hosted model")],
-        host: Annotated[str | None, Opt(help="host from the price catalogue, e.g. aws-g6-xlarge")] = None,
-        host_price_per_hour: Annotated[float | None, Opt(help="or: the host's price in USD/hour")] = None,
-        pricing: Annotated[str, Opt(help="on_demand, spot or reserved_1y")] = "on_demand",
-        prices: Annotated[list[Path] | None, Opt(help="your price YAML, merged over the catalogue")] = None,
-        model: Annotated[str | None, Opt(help="the model priced; must match the bench report's")] = None,
-        workload: Annotated[Path | None, Opt(help="workload YAML (flags below override it)")] = None,
-        requests_per_month: Annotated[float | None, Opt()] = None,
-        input_tokens: Annotated[float | None, Opt(help="mean input tokens per request")] = None,
-        output_tokens: Annotated[float | None, Opt(help="mean output tokens per request")] = None,
-        prompts: Annotated[Path | None, Opt(help="chat JSONL to measure the tokens per request from")] = None,
-        api_prompts: Annotated[
-            Path | None, Opt(help="chat JSONL of the prompts the API is sent: priced on those, shared prefix cached")
-        ] = None,
-        api_input_tokens: Annotated[float | None, Opt(help="or: mean input tokens of the API's prompt")] = None,
-        reasoning_tokens: Annotated[float | None, Opt(help="hidden reasoning tokens per API request")] = None,
-        cache_write_share: Annotated[float | None, Opt(help="share of API input billed as cache writes")] = None,
-        allow_retired: Annotated[bool, Opt(help="price an API model its vendor has retired")] = False,
-        cached_input_share: Annotated[float | None, Opt(help="share of input tokens hitting the prompt cache")] = None,
-        peak_to_average: Annotated[float | None, Opt(help="peak / average request rate (default 2)")] = None,
-        batch_tolerant: Annotated[bool | None, Opt(help="answers may wait for the batch API")] = None,
-        slo_ttft_s: Annotated[float | None, Opt(help="p99 TTFT SLO (default: the bench's)")] = None,
-        slo_tpot_ms: Annotated[float | None, Opt(help="p99 TPOT SLO (default: the bench's)")] = None,
-        deployment: Annotated[str, Opt(help="always-on or scale-to-zero")] = "always-on",
-        autoscale_utilisation: Annotated[float, Opt(help="busy share of paid hours when scaling")] = 0.7,
-        target_utilisation: Annotated[float, Opt(help="share of the SLO load the peak may use")] = 0.7,
-        n_plus_one: Annotated[bool, Opt(help="keep one spare replica beside those the peak needs")] = False,
-        ops_hours_per_month: Annotated[float, Opt(help="operations hours per month")] = OPS_HOURS_PER_MONTH,
-        ops_rate: Annotated[float, Opt(help="operations USD/hour")] = OPS_RATE_USD,
-        output_weight: Annotated[float | None, Opt(help="split host cost: 1 output token = K input")] = None,
-        escalation_share: Annotated[float | None, Opt(help="also price a cascade escalating this share")] = None,
-        eval_report: Annotated[Path | None, Opt("--eval", help="eval_report.json: its gate decides quality")] = None,
-        finetune: Annotated[Path | None, Opt(help="finetune_report.json: its run_cost_usd is a one-off")] = None,
-        eval_spend: Annotated[float, Opt(help="one-off evaluation spend, USD")] = 0.0,
-        eng_hours: Annotated[float, Opt(help="one-off engineering hours")] = 0.0,
-        eng_rate: Annotated[float, Opt(help="engineering USD/hour")] = 0.0,
-        amortise_months: Annotated[int, Opt(help="months the one-off costs are spread over")] = 12,
-        out: Annotated[Path, Opt(help="output directory")] = Path("runs/breakeven"),
-    ) -> None:
-        """Self-hosted vs API cost per token and per month, break-even volume, go/no-go with the eval gate."""
-        if (prompts or api_prompts) and importlib.util.find_spec("transformers") is None:
-            from offramp.envs import require_env
-
-            require_env("runtime")  # count tokens with the model's own tokenizer, not characters / 4
-        from offramp.cost.report import analyse
-        from offramp.cost.table import print_summary
-
-        slo = {"p99_ttft_s": slo_ttft_s, "p99_tpot_ms": slo_tpot_ms} if slo_ttft_s or slo_tpot_ms else None
-        fields = {
-            "requests_per_month": requests_per_month,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "cached_input_share": cached_input_share,
-            "peak_to_average": peak_to_average,
-            "batch_tolerant": batch_tolerant,
-            "slo": slo,
-            "api_input_tokens": api_input_tokens,
-            "reasoning_tokens": reasoning_tokens,
-            "reasoning_source": "stated by the user (--reasoning-tokens)" if reasoning_tokens is not None else None,
-            "api_token_source": "stated by the user (--api-input-tokens)" if api_input_tokens else None,
-            "cache_write_share": cache_write_share,
-        }
-        one_off = {
-            "eval_usd": eval_spend,
-            "engineering_hours": eng_hours,
-            "engineering_rate_usd": eng_rate,
-            "amortise_months": amortise_months,
-        }
-        inp = _load_inputs(
-            api, bench, host, host_price_per_hour, prices, pricing, model, fields, workload, prompts, api_prompts,
-            eval_report, finetune, one_off, deployment=deployment, autoscale_utilisation=autoscale_utilisation,
-            target_utilisation=target_utilisation, spare_replicas=int(n_plus_one), allow_retired=allow_retired,
-            operations={"hours_per_month": ops_hours_per_month, "rate_usd": ops_rate},
-            output_weight=output_weight, escalation_share=escalation_share,
-        )  # fmt: skip
-        body = analyse(inp)
-        report, png = _write_outputs(out, inp, body)
-        print_summary(inp, body)
-        typer.echo(f"wrote {report} and {png}")
+    app.command("breakeven")(breakeven)
