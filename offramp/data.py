@@ -275,6 +275,11 @@ def builtin_splits(name: str) -> tuple[list[Example], list[Example], list[str]]:
     return read_csv(d / "train.csv", "text", "category"), read_csv(d / "test.csv", "text", "category"), labels
 
 
+def task_name(source: str) -> str:
+    """A task's name: a built-in's own name, else its source file's stem (not the split file's `test`)."""
+    return source if source in BUILTIN else Path(source).stem
+
+
 def prepare(
     source: str,
     out: Path,
@@ -320,7 +325,7 @@ def prepare(
         report = {
             "stage": "data",
             "created_at": now_iso(),
-            "task": source if source in BUILTIN else Path(source).stem,  # eval names the task after its source
+            "task": task_name(source),  # eval names the task after its source
             "source": origin,
             "seed": seed,
             "per_label": per_label,

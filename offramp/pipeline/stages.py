@@ -20,7 +20,7 @@ from pathlib import Path
 
 from offramp.artifacts import load_report
 from offramp.cost.prices import Catalogue, load_catalogue
-from offramp.data import BUILTIN
+from offramp.data import BUILTIN, task_name
 from offramp.errors import OfframpError
 from offramp.expressions import parse_gate
 from offramp.hardware import has_cuda
@@ -41,11 +41,6 @@ def baseline_spec(name: str, spec: str, fallback: str | None) -> tuple[str, str]
             return f"{fallback.rsplit('/', 1)[-1]}-cited", fallback
         return name, fallback
     return name, spec
-
-
-def task_name(source: str) -> str:
-    """The task's name as `data prepare` records it: a built-in's own name, else the source file's stem."""
-    return source if source in BUILTIN else Path(source).stem
 
 
 @dataclass(frozen=True)
