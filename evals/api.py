@@ -152,6 +152,68 @@ def _error_message(resp: Any) -> str:
         return resp.text[:200]
 
 
+def _adapted_payload(system: EndpointSystem, payload: dict) -> dict:
+    """lm-eval's chat payload, fitted to what each provider accepts."""
+    stop = [s for s in payload.get("stop") or [] if s]
+    if system.provider == "anthropic":
+        stop = [s for s in stop if s.strip()]  # Anthropic's compatible API rejects whitespace stops
+        payload.pop("seed", None)
+    if stop:
+        payload["stop"] = stop
+    else:
+        payload.pop("stop", None)
+    if system.provider == "openai":  # current OpenAI models take max_completion_tokens only
+        payload["max_completion_tokens"] = payload.pop("max_tokens")
+    return payload
+
+
+@dataclass
+class _Sender:
+    """One endpoint's cached, retrying POST, and the ledger every answer is recorded in."""
+
+    system: EndpointSystem
+    cache: ApiCache | None
+    ledger: Ledger
+    max_attempts: int
+    backoff_s: float
+
+    def send(self, url: str, payload: dict, headers: dict) -> tuple[dict, float | None, bool]:
+        """(response, latency in s, whether it came from the cache)."""
+        key = ApiCache.key(url, payload)
+        hit = self.cache.get(key) if self.cache else None
+        if hit is not None:
+            return hit["response"], hit.get("latency_s"), True
+        response, latency = post_with_retries(
+            url,
+            payload,
+            headers,
+            who=f"system {self.system.name!r}",
+            key_env=self.system.key_env,
+            ledger=self.ledger,
+            max_attempts=self.max_attempts,
+            backoff_s=self.backoff_s,
+        )
+        if self.cache:
+            entry = {"created_at": now_iso(), "url": url, "request": payload, "response": response}
+            self.cache.put(key, {**entry, "latency_s": latency})
+        return response, latency, False
+
+    def record(self, chat: Any, payload: dict, response: dict, latency: float | None, cached: bool) -> None:
+        usage = response.get("usage") or {}
+        self.ledger.record(
+            chat,
+            request_mode(payload),
+            {
+                "input_tokens": usage.get("prompt_tokens"),
+                "output_tokens": usage.get("completion_tokens"),  # reasoning tokens included, as billed
+                "reasoning_tokens": (usage.get("completion_tokens_details") or {}).get("reasoning_tokens"),
+                "latency_s": latency,
+                "cached": cached,
+                "logprob": answer_logprob(response),
+            },
+        )
+
+
 def make_api_lm(
     system: EndpointSystem,
     model: str,
@@ -170,6 +232,8 @@ def make_api_lm(
     from lm_eval.models.api_models import LMEVAL_MODEL_NONE_ANSWER_PLACEHOLDER as NONE_ANSWER
     from lm_eval.models.openai_completions import LocalChatCompletion
 
+    sender = _Sender(system, cache, ledger, max_attempts, backoff_s)
+
     class CachedChatCompletions(LocalChatCompletion):
         @property
         def api_key(self) -> str:
@@ -182,63 +246,15 @@ def make_api_lm(
 
         def _create_payload(self, messages, generate=False, gen_kwargs=None, seed=1234, eos=None, **kwargs):
             payload = super()._create_payload(messages, generate=generate, gen_kwargs=gen_kwargs, seed=seed, eos=None)
-            stop = [s for s in payload.get("stop") or [] if s]
-            if system.provider == "anthropic":
-                stop = [s for s in stop if s.strip()]  # Anthropic's compatible API rejects whitespace stops
-                payload.pop("seed", None)
-            if stop:
-                payload["stop"] = stop
-            else:
-                payload.pop("stop", None)
-            if system.provider == "openai":  # current OpenAI models take max_completion_tokens only
-                payload["max_completion_tokens"] = payload.pop("max_tokens")
-            return payload
+            return _adapted_payload(system, payload)
 
         def model_call(self, messages, *, generate=True, gen_kwargs=None, **kwargs):
             chat = self.create_message(messages)
             payload = self._create_payload(
                 chat, generate=generate, gen_kwargs=copy.deepcopy(gen_kwargs), seed=self._seed
             )
-            key = ApiCache.key(self.base_url, payload)
-            hit = cache.get(key) if cache else None
-            if hit is not None:
-                response, latency, cached = hit["response"], hit.get("latency_s"), True
-            else:
-                response, latency = post_with_retries(
-                    self.base_url,
-                    payload,
-                    self.header,
-                    who=f"system {system.name!r}",
-                    key_env=system.key_env,
-                    ledger=ledger,
-                    max_attempts=max_attempts,
-                    backoff_s=backoff_s,
-                )
-                cached = False
-                if cache:
-                    cache.put(
-                        key,
-                        {
-                            "created_at": now_iso(),
-                            "url": self.base_url,
-                            "request": payload,
-                            "response": response,
-                            "latency_s": latency,
-                        },
-                    )
-            usage = response.get("usage") or {}
-            ledger.record(
-                chat,
-                request_mode(payload),
-                {
-                    "input_tokens": usage.get("prompt_tokens"),
-                    "output_tokens": usage.get("completion_tokens"),  # reasoning tokens included, as billed
-                    "reasoning_tokens": (usage.get("completion_tokens_details") or {}).get("reasoning_tokens"),
-                    "latency_s": latency,
-                    "cached": cached,
-                    "logprob": answer_logprob(response),
-                },
-            )
+            response, latency, cached = sender.send(self.base_url, payload, self.header)
+            sender.record(chat, payload, response, latency, cached)
             return response
 
         async def amodel_call(self, session, sem, messages, *, generate=True, cache_keys=None, gen_kwargs=None, **kw):

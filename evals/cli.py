@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -63,45 +63,22 @@ def eval_command(
     """Evaluate systems on a task through lm-eval, with 95 % CIs, tokens and $ at list price, and a GO / NO-GO
     gate. Classification: free and label-constrained answers, accuracy, macro-F1, per-label errors. Generation:
     free answers scored against the references by --metric."""
-    from offramp.evals.cited import for_task
-    from offramp.evals.specs import CitedSystem, parse_systems
+    from offramp.envs import require_env
+    from offramp.evals.specs import parse_systems
     from offramp.evals.tasks import load_task
-    from offramp.expressions import check_gate_metric, parse_gate
+    from offramp.expressions import parse_gate
 
     parsed_gate = parse_gate(gate) if gate is not None else None
     systems = parse_systems(system)
     eval_task = load_task(
         task, per_label=limit_per_label, seed=seed, kind=task_type, metric=metric, max_gen_toks=max_gen_toks
     )
-    if parsed_gate is not None:
-        check_gate_metric(parsed_gate, eval_task.kind, eval_task.metric)
-    for s in systems:
-        if isinstance(s, CitedSystem):
-            if eval_task.kind == "generation":
-                raise OfframpError(
-                    f"system {s.name!r} ({s.spec}): cited scores are published classification accuracies "
-                    "(banking77); a generation task needs measured systems"
-                )
-            for_task(s.key, eval_task.name)
-    names = [s.name for s in systems]
-    cand = candidate or names[0]
-    if no_baseline and baseline is not None:
-        raise OfframpError("--baseline and --no-baseline contradict each other; give one")
-    base = baseline if baseline is not None or no_baseline else (names[-1] if len(names) > 1 else None)
-    for role, name in (("--candidate", cand), ("--baseline", base)):
-        if name is not None and name not in names:
-            raise OfframpError(f"{role} {name!r} is not one of the systems ({', '.join(names)})")
-    if base == cand:
-        raise OfframpError("the candidate and the baseline are the same system; name two systems")
-    if isinstance(systems[names.index(cand)], CitedSystem):
-        raise OfframpError(f"the candidate {cand!r} is a cited score; the candidate must be measured here")
+    _check_systems_fit_the_task(systems, eval_task, parsed_gate)
+    cand, base = _roles(systems, candidate, baseline, no_baseline)
     if parsed_gate is not None and parsed_gate.relative and base is None:
         raise OfframpError(f"gate {gate!r} compares with the baseline: give a second --system")
     if max_attempts < 1 or batch_size < 1 or concurrency < 1:
         raise OfframpError("--max-attempts, --batch-size and --concurrency must be at least 1")
-
-    from offramp.envs import require_env
-
     require_env("runtime")
     from offramp.evals.cli_run import run_eval
 
@@ -119,6 +96,43 @@ def eval_command(
         max_attempts=max_attempts,
         concurrency=concurrency,
     )
+
+
+def _check_systems_fit_the_task(systems: list, eval_task: Any, parsed_gate: Any) -> None:
+    """The gate's metric exists for this task kind; a cited score exists for this task (and is a classification)."""
+    from offramp.evals.cited import for_task
+    from offramp.evals.specs import CitedSystem
+    from offramp.expressions import check_gate_metric
+
+    if parsed_gate is not None:
+        check_gate_metric(parsed_gate, eval_task.kind, eval_task.metric)
+    for s in systems:
+        if isinstance(s, CitedSystem):
+            if eval_task.kind == "generation":
+                raise OfframpError(
+                    f"system {s.name!r} ({s.spec}): cited scores are published classification accuracies "
+                    "(banking77); a generation task needs measured systems"
+                )
+            for_task(s.key, eval_task.name)
+
+
+def _roles(systems: list, candidate: str | None, baseline: str | None, no_baseline: bool) -> tuple[str, str | None]:
+    """(candidate, baseline): by default the first system and the last (none with one system or --no-baseline)."""
+    from offramp.evals.specs import CitedSystem
+
+    names = [s.name for s in systems]
+    cand = candidate or names[0]
+    if no_baseline and baseline is not None:
+        raise OfframpError("--baseline and --no-baseline contradict each other; give one")
+    base = baseline if baseline is not None or no_baseline else (names[-1] if len(names) > 1 else None)
+    for role, name in (("--candidate", cand), ("--baseline", base)):
+        if name is not None and name not in names:
+            raise OfframpError(f"{role} {name!r} is not one of the systems ({', '.join(names)})")
+    if base == cand:
+        raise OfframpError("the candidate and the baseline are the same system; name two systems")
+    if isinstance(systems[names.index(cand)], CitedSystem):
+        raise OfframpError(f"the candidate {cand!r} is a cited score; the candidate must be measured here")
+    return cand, base
 
 
 def register(app: typer.Typer) -> None:

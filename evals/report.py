@@ -63,6 +63,7 @@ def measured_result(system: System, answers: Answers, task: EvalTask, gold: list
         modes[mode] = {
             **score(gold, preds, len(task.labels), seed=seed),
             "per_label_errors": per_label_errors(gold, preds, task.labels),
+            "scorer": answers.scorers.get(mode),
         }
     head = headline_mode(answers)
     for row, g in zip(answers.queries, gold, strict=True):
@@ -74,18 +75,25 @@ def measured_result(system: System, answers: Answers, task: EvalTask, gold: list
         "source": "measured",
         "model": answers.model,
         "mode": head,
+        "scorer": modes[head]["scorer"],
         "accuracy": modes[head]["accuracy"],
         "macro_f1": modes[head]["macro_f1"],
         "invalid_rate": modes[head]["invalid_rate"],
         "modes": modes,
-        "wall_s": {"value": round(answers.wall_s, 2), "unit": "s", "source": "measured", "hardware": hardware_info()},
         "notes": answers.notes,
-        "queries": answers.queries,
     }
+    return _with_measurement(result, system, answers, len(gold))
+
+
+def _with_measurement(result: dict, system: System, answers: Answers, n_queries: int) -> dict:
+    """What every measured system's result carries: its wall time (with the hardware), per-query rows, and for
+    an endpoint the tokens it used and what they cost."""
+    wall = {"value": round(answers.wall_s, 2), "unit": "s", "source": "measured", "hardware": hardware_info()}
+    result |= {"wall_s": wall, "queries": answers.queries}
     if answers.usage is not None:
         result["usage"] = answers.usage
     if isinstance(system, EndpointSystem) and answers.usage is not None:
-        result["cost"] = api_cost(system, answers.model, answers.usage, len(gold))
+        result["cost"] = api_cost(system, answers.model, answers.usage, n_queries)
     return result
 
 
@@ -123,15 +131,9 @@ def generation_result(system: System, answers: Answers, task: EvalTask, seed: in
         "macro_f1": None,
         "invalid_rate": None,
         "empty_rate": scored["empty_rate"],
-        "wall_s": {"value": round(answers.wall_s, 2), "unit": "s", "source": "measured", "hardware": hardware_info()},
         "notes": notes,
-        "queries": answers.queries,
     }
-    if answers.usage is not None:
-        result["usage"] = answers.usage
-    if isinstance(system, EndpointSystem) and answers.usage is not None:
-        result["cost"] = api_cost(system, answers.model, answers.usage, len(refs))
-    return result
+    return _with_measurement(result, system, answers, len(refs))
 
 
 def cited_result(system: CitedSystem, task: EvalTask) -> dict:

@@ -10,8 +10,10 @@ from typing import Any
 from offramp.errors import OfframpError
 from offramp.evals.api import ApiCache, Ledger, make_api_lm, probe
 from offramp.evals.metrics import INVALID, label_index, parse_answer
+from offramp.evals.scorers import FREE_GREEDY, LMEVAL_MULTIPLE_CHOICE, endpoint_scorer
 from offramp.evals.specs import EndpointSystem, LocalSystem
 from offramp.evals.tasks import STOP, EvalTask, build_lm_eval_tasks
+from offramp.hardware import accelerator, model_dtype
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Answers:
     notes: list[str] = field(default_factory=list)
     usage: dict | None = None
     texts: dict[str, list[str]] = field(default_factory=dict)  # mode -> raw answer per query
+    scorers: dict[str, str] = field(default_factory=dict)  # mode -> the scorer that produced it (evals/scorers.py)
 
 
 def _gen_kwargs(max_gen_toks: int, until: list[str], **extra: Any) -> dict:
@@ -95,15 +98,13 @@ def _choice_confidence(lls: list[float]) -> dict:
 
 
 def run_local(system: LocalSystem, task: EvalTask, *, batch_size: int = 8, device: str | None = None) -> Answers:
-    import torch
     from lm_eval.models.huggingface import HFLM
 
     from offramp.store import resolve_model
 
     path = resolve_model(system.model)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # bf16 matmuls are slower than fp32 on CPUs without AMX; keep the checkpoint's dtype on GPU
-    dtype = "auto" if device.startswith("cuda") else "float32"
+    device = device or accelerator()
+    dtype = model_dtype("eval", "cuda" if device.startswith("cuda") else "cpu")
     try:
         lm = HFLM(pretrained=path, peft=system.adapter, dtype=dtype, device=device, batch_size=batch_size)
     except (OSError, ValueError) as e:
@@ -148,7 +149,8 @@ def run_local(system: LocalSystem, task: EvalTask, *, batch_size: int = 8, devic
         )
     if system.answers != "both":
         notes.append(f"only {system.answers} answers were asked for (+answers={system.answers})")
-    return Answers(system.name, path, preds, queries, wall, notes)
+    scorers = {"free": FREE_GREEDY, "constrained": LMEVAL_MULTIPLE_CHOICE}
+    return Answers(system.name, path, preds, queries, wall, notes, scorers={m: scorers[m] for m in modes})
 
 
 def _label(pred: int, task: EvalTask) -> str | None:
@@ -238,7 +240,8 @@ def run_endpoint(
     usage.update(
         {"http_requests": ledger.http_requests, "retries": ledger.retries, "status_counts": ledger.status_counts}
     )
-    return Answers(system.name, model, preds, queries, wall, notes, usage)
+    scorers = {"free": FREE_GREEDY, "constrained": endpoint_scorer(system.provider) or "none"}
+    return Answers(system.name, model, preds, queries, wall, notes, usage, scorers={m: scorers[m] for m in modes})
 
 
 def _sum_usage(queries: list[dict], modes: dict) -> dict:

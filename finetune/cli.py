@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from offramp.finetune.recipe import flag_help
+
 
 def register(app: typer.Typer) -> None:
     app.command("finetune")(finetune)
@@ -22,87 +24,73 @@ def finetune(
     data: Annotated[Path, typer.Option(help="training chat JSONL")],
     eval_data: Annotated[Path | None, typer.Option(help="held-out chat JSONL: eval loss in the report")] = None,
     recipe: Annotated[str, typer.Option(help="default, full, or a recipe YAML file")] = "default",
-    method: Annotated[str | None, typer.Option(help="lora or qlora (4-bit base, needs bitsandbytes)")] = None,
-    rank: Annotated[int | None, typer.Option(help="LoRA rank")] = None,
-    alpha: Annotated[float | None, typer.Option(help="LoRA alpha")] = None,
-    target_modules: Annotated[
-        str | None, typer.Option(help="all-linear, or comma-separated module names (q_proj,v_proj)")
-    ] = None,
-    epochs: Annotated[float | None, typer.Option(help="passes over the data")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="optimizer steps (overrides --epochs)")] = None,
-    lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="sequences per device per micro-batch")] = None,
-    grad_accum: Annotated[int | None, typer.Option(help="micro-batches per optimizer step")] = None,
-    max_len: Annotated[int | None, typer.Option(help="longest sequence in tokens; longer records are dropped")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
+    method: Annotated[str | None, typer.Option(help=flag_help("method"))] = None,
+    rank: Annotated[int | None, typer.Option(help=flag_help("rank"))] = None,
+    epochs: Annotated[float | None, typer.Option(help=flag_help("epochs"))] = None,
+    max_steps: Annotated[int | None, typer.Option(help=flag_help("max_steps"))] = None,
+    lr: Annotated[float | None, typer.Option(help=flag_help("lr"))] = None,
+    batch_size: Annotated[int | None, typer.Option(help=flag_help("batch_size"))] = None,
+    grad_accum: Annotated[int | None, typer.Option(help=flag_help("grad_accum"))] = None,
+    max_len: Annotated[int | None, typer.Option(help=flag_help("max_len"))] = None,
     out: Annotated[Path | None, typer.Option(help="output dir (default: runs/finetune/<model>-<method>)")] = None,
     merge: Annotated[bool, typer.Option(help="also write a merged bf16 checkpoint")] = False,
     host_price_per_hour: Annotated[
         float | None, typer.Option(help="USD per hour of this host: the report's run cost")
     ] = None,
     fresh: Annotated[bool, typer.Option(help="discard an interrupted run's checkpoints instead of resuming")] = False,
+    settings: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="hyper-parameter overrides as KEY=VALUE, any recipe key (lr=2e-3 dropout=0.05 warmup=0.1 "
+            "scheduler=linear target_modules=q_proj,v_proj alpha=64 seed=1 max_steps=null); they beat the flags",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """LoRA / QLoRA fine-tune on chat JSONL; loss on assistant tokens only; resumes after an interrupt."""
-    from offramp.data import load_chat_jsonl
-    from offramp.envs import accelerator, require_env
-    from offramp.errors import OfframpError
+    from offramp.envs import require_env
+    from offramp.finetune.recipe import load_recipe, parse_overrides
+    from offramp.hardware import accelerator
     from offramp.store import resolve_model
 
-    from .recipe import load_recipe
-
-    if method is not None and method not in ("lora", "qlora"):
-        raise OfframpError(f"--method must be lora or qlora, got {method!r}")
-    if host_price_per_hour is not None and host_price_per_hour < 0:
-        raise OfframpError("--host-price-per-hour must be >= 0")
-    # bad data, model or recipe: one error line now, not after the runtime env's ~20 s of torch / peft imports
-    for f in (data, eval_data):
-        if f is not None:
-            load_chat_jsonl(f)
+    flags = {"method": method, "rank": rank, "epochs": epochs, "max_steps": max_steps, "lr": lr}
+    flags |= {"batch_size": batch_size, "grad_accum": grad_accum, "max_len": max_len}
+    _check_inputs(flags["method"], [data, eval_data], host_price_per_hour)
     path = resolve_model(model)
-    modules = None
-    if target_modules is not None:
-        modules = target_modules if target_modules == "all-linear" else [m.strip() for m in target_modules.split(",")]
     acc = accelerator()
-    chosen = load_recipe(
-        recipe,
-        acc,
-        {
-            "method": method,
-            "rank": rank,
-            "alpha": alpha,
-            "target_modules": modules,
-            "epochs": epochs,
-            "max_steps": max_steps,
-            "lr": lr,
-            "batch_size": batch_size,
-            "grad_accum": grad_accum,
-            "max_len": max_len,
-            "seed": seed,
-        },
-    )
+    chosen = load_recipe(recipe, acc, flags, parse_overrides(settings or []))
     require_env("runtime")
-    from .train import RunInputs, run_finetune
+    from offramp.finetune.train import RunInputs, run_finetune
 
     name = Path(model).name if Path(model).exists() else model.replace("/", "--")
     out = out or Path("runs") / "finetune" / f"{name}-{chosen.method}"
-    inputs = RunInputs(
-        model_ref=model,
-        model_path=path,
-        data=data,
-        eval_data=eval_data,
-        recipe=chosen,
-        out=out,
-        merge=merge,
-        host_price_per_hour=host_price_per_hour,
-        fresh=fresh,
-    )
+    inputs = RunInputs(model_ref=model, model_path=path, data=data, eval_data=eval_data, recipe=chosen, out=out,
+                       merge=merge, host_price_per_hour=host_price_per_hour, fresh=fresh)  # fmt: skip
     report = run_finetune(inputs, acc)
     if report:
-        from rich.console import Console
+        _print_summary(out, report, merge)
 
-        Console(stderr=True).print(
-            f"[green]wrote[/] {out}: adapter, {'merged, ' if merge else ''}finetune_report.json — "
-            f"{report['steps']} steps, loss {report['final_train_loss']:.4f}, "
-            f"{report['wall_time_s']:.0f} s, {report['train_tokens_per_s']:.0f} tok/s"
-        )
-        print(out)
+
+def _check_inputs(method: str | None, data_files: list[Path | None], price: float | None) -> None:
+    """Bad data or flag: one error line now, not after the runtime env's ~20 s of torch / peft imports."""
+    from offramp.data import load_chat_jsonl
+    from offramp.errors import OfframpError
+
+    if method is not None and method not in ("lora", "qlora"):
+        raise OfframpError(f"--method must be lora or qlora, got {method!r}")
+    if price is not None and price < 0:
+        raise OfframpError("--host-price-per-hour must be >= 0")
+    for f in data_files:
+        if f is not None:
+            load_chat_jsonl(f)
+
+
+def _print_summary(out: Path, report: dict, merge: bool) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(
+        f"[green]wrote[/] {out}: adapter, {'merged, ' if merge else ''}finetune_report.json — "
+        f"{report['steps']} steps, loss {report['final_train_loss']:.4f}, "
+        f"{report['wall_time_s']:.0f} s, {report['train_tokens_per_s']:.0f} tok/s"
+    )
+    print(out)

@@ -6,7 +6,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from offramp.errors import OfframpError
 
@@ -14,30 +14,42 @@ BUILTIN = ("default", "full")
 
 
 class Recipe(BaseModel):
+    """Every hyper-parameter, declared once: the recipe YAML keys, the `KEY=VALUE` overrides of `offramp finetune`
+    and (for the few common ones) its flags all come from these fields."""
+
     model_config = ConfigDict(extra="forbid")
 
     name: str = "custom"
     description: str = ""
-    method: Literal["lora", "qlora"] = "lora"
-    rank: int = Field(16, ge=1)
-    alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    # "all-linear" (peft's shortcut: every linear layer but the output head) or module names.
-    target_modules: str | list[str] = "all-linear"
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)  # overrides epochs when set
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(16, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    max_len: int = Field(128, ge=8)
-    warmup: float = Field(0.05, ge=0)  # fraction of the steps when < 1, else a step count
-    scheduler: str = "cosine"
+    method: Literal["lora", "qlora"] = Field("lora", description="lora or qlora (4-bit base, needs bitsandbytes)")
+    rank: int = Field(16, ge=1, description="LoRA rank")
+    alpha: float = Field(32, gt=0, description="LoRA alpha")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="all-linear (every linear layer but the output head, peft's shortcut) or names"
+    )
+    epochs: float = Field(1.0, gt=0, description="passes over the data")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps (overrides epochs)")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    batch_size: int = Field(16, ge=1, description="sequences per device per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    max_len: int = Field(128, ge=8, description="longest sequence in tokens; longer records are dropped")
+    warmup: float = Field(0.05, ge=0, description="warm-up: a fraction of the steps when < 1, else a step count")
+    scheduler: str = Field("cosine", description="transformers' lr_scheduler_type (cosine, linear, constant …)")
     weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
-    save_steps: int | None = Field(None, ge=1)  # checkpoint interval; default about 10 per run
+    save_steps: int | None = Field(None, ge=1, description="checkpoint interval; default about 10 per run")
     logging_steps: int | None = Field(None, ge=1)
-    # Overrides by accelerator ("cpu" / "cuda"), applied before the command-line flags.
+    # Overrides by accelerator ("cpu" / "cuda"), applied before the command-line ones.
     per_hardware: dict[Literal["cpu", "cuda"], dict[str, Any]] = {}
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _split_module_names(cls, value: Any) -> Any:
+        """`q_proj,v_proj` (as a flag or `target_modules=…` gives it) is two module names."""
+        if isinstance(value, str) and "," in value:
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
 
     def hyperparameters(self) -> dict[str, Any]:
         return self.model_dump(exclude={"per_hardware", "description"})
@@ -52,8 +64,39 @@ def recipe_path(ref: str) -> Path:
     return path
 
 
-def load_recipe(ref: str, accelerator: str, overrides: dict[str, Any]) -> Recipe:
-    """The recipe `ref`, with its section for this accelerator and then the non-None `overrides` applied."""
+OVERRIDABLE = tuple(k for k in Recipe.model_fields if k not in ("name", "description", "per_hardware"))
+
+
+def flag_help(key: str) -> str:
+    """A common flag's help: its Recipe field's description."""
+    return Recipe.model_fields[key].description or key
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """torchtune-style `KEY=VALUE` overrides (`lr=2e-3 dropout=0.05 max_steps=null`): values read as YAML, keys are
+    Recipe fields (`-` may stand for `_`); the Recipe model validates the values."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise OfframpError(f"override {pair!r}: expected KEY=VALUE, e.g. lr=2e-3 (keys: {', '.join(OVERRIDABLE)})")
+        if key not in OVERRIDABLE:
+            raise OfframpError(f"override {pair!r}: no hyper-parameter {key!r}; known: {', '.join(OVERRIDABLE)}")
+        try:
+            out[key] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            out[key] = value
+    return out
+
+
+def load_recipe(
+    ref: str, accelerator: str, overrides: dict[str, Any], settings: dict[str, Any] | None = None
+) -> Recipe:
+    """The recipe `ref`, with its section for this accelerator, then the non-None `overrides` (flags), then
+    `settings` (`KEY=VALUE` overrides, where null means null) applied."""
     import yaml
 
     path = recipe_path(ref)
@@ -67,9 +110,10 @@ def load_recipe(ref: str, accelerator: str, overrides: dict[str, Any]) -> Recipe
     try:
         base = Recipe.model_validate(raw)
         merged = {**raw, **base.per_hardware.get(accelerator, {})}
-        merged.update({k: v for k, v in overrides.items() if v is not None})
-        if overrides.get("max_steps") is None and overrides.get("epochs") is not None:
-            merged["max_steps"] = None  # --epochs on the command line beats the recipe's max_steps
+        given = {k: v for k, v in overrides.items() if v is not None} | (settings or {})
+        merged.update(given)
+        if "max_steps" not in given and given.get("epochs") is not None:
+            merged["max_steps"] = None  # epochs on the command line beats the recipe's max_steps
         return Recipe.model_validate(merged)
     except ValidationError as e:
         first = e.errors()[0]

@@ -17,11 +17,11 @@ from typing import Any
 
 from offramp.data import load_chat_jsonl
 from offramp.errors import NotSupportedHere, OfframpError
+from offramp.finetune.dataset import PadCollator, TokenizedData, build_examples
+from offramp.finetune.recipe import Recipe
+from offramp.hardware import model_dtype
 from offramp.paths import atomic_dir, read_json, write_json
 from offramp.reports import write_report
-
-from .dataset import PadCollator, TokenizedData, build_examples
-from .recipe import Recipe
 
 RUN_STATE = "offramp_run.json"
 
@@ -82,8 +82,7 @@ def _load_model(inputs: RunInputs, accelerator: str) -> Any:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     r = inputs.recipe
-    # CPUs without bf16 units train faster (and safer) in fp32; GPUs train the adapter against a bf16 base.
-    dtype = torch.bfloat16 if accelerator == "cuda" else torch.float32
+    dtype = getattr(torch, model_dtype("train", accelerator))
     kwargs: dict[str, Any] = {"dtype": dtype}
     if r.method == "qlora":
         from accelerate import PartialState
@@ -154,7 +153,7 @@ def _training_args(inputs: RunInputs, accelerator: str, steps_per_epoch: int, wd
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length",  # fewer pad tokens per batch
         include_num_input_tokens_seen="non_padding",
-        bf16=accelerator == "cuda",
+        bf16=model_dtype("train", accelerator) == "bfloat16",
         use_cpu=accelerator == "cpu",
         dataloader_num_workers=0,
         prediction_loss_only=True,
@@ -190,7 +189,7 @@ def _prepare_work_dir(inputs: RunInputs) -> tuple[Path, dict]:
 def run_finetune(inputs: RunInputs, accelerator: str, extra_callbacks: list | None = None) -> dict[str, Any]:
     from transformers import AutoTokenizer, PrinterCallback, Trainer
 
-    from .callbacks import GracefulStop, RichProgress
+    from offramp.finetune.callbacks import GracefulStop, RichProgress
 
     r = inputs.recipe
     if inputs.out.exists():

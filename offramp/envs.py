@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from offramp.errors import NotSupportedHere, OfframpError
-from offramp.hardware import has_cuda
+from offramp.hardware import accelerator
 from offramp.paths import envs_dir
 
 STAMP = "offramp-env.json"
@@ -40,13 +40,6 @@ EXCLUDES = "excludes.txt"
 def current_env() -> str | None:
     """Name of the offramp stage environment this interpreter belongs to, if any."""
     return _stamp(Path(sys.prefix)).get("name")
-
-
-def accelerator() -> str:
-    forced = os.environ.get("OFFRAMP_ACCELERATOR")
-    if forced in ("cpu", "cuda"):
-        return forced
-    return "cuda" if has_cuda() else "cpu"
 
 
 def lock_file(name: str) -> Path:

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 @cache
@@ -86,3 +86,46 @@ def hardware_summary() -> str:
 
 def has_cuda() -> bool:
     return bool(hardware_info()["gpus"])
+
+
+# --- where models run, and in what dtype: decided here for every stage ----------------------------------------------
+Accelerator = Literal["cpu", "cuda"]
+Purpose = Literal["train", "eval", "serve", "quantize"]
+
+
+def accelerator() -> Accelerator:
+    """Where models run: `cuda` where nvidia-smi sees a GPU, else `cpu`; OFFRAMP_ACCELERATOR=cpu|cuda forces it."""
+    forced = os.environ.get("OFFRAMP_ACCELERATOR")
+    if forced in ("cpu", "cuda"):
+        return forced  # type: ignore[return-value]
+    return "cuda" if has_cuda() else "cpu"
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without either, bf16 matmuls on CPU are emulated and slow (unknown flags: assume yes)."""
+    flags = cpu_flags()
+    return flags is None or not flags.isdisjoint({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_avx512() -> bool:
+    return "avx512f" in (cpu_flags() or ())
+
+
+def model_dtype(purpose: Purpose, where: Accelerator | None = None, *, native_bf16: bool | None = None) -> str:
+    """The dtype a model is loaded in (a torch dtype name, or `auto`: the checkpoint's own), like torchtune's get_dtype.
+
+    - train: bf16 on CUDA (the adapter trains against a bf16 base); fp32 on CPU, faster and safer there;
+    - eval: the checkpoint's dtype on CUDA; fp32 on CPU, where HF's bf16 matmuls are slower without AMX;
+    - serve: vLLM's default on CUDA and on CPUs with native bf16; fp32 on other CPUs (see serve.server.cpu_dtype_args);
+    - quantize: bf16 everywhere, the precision the quantized checkpoint is measured against.
+
+    `where` defaults to this host's accelerator, `native_bf16` to what this CPU's flags say.
+    """
+    where = where or accelerator()
+    if purpose == "quantize":
+        return "bfloat16"
+    if where == "cuda":
+        return "bfloat16" if purpose == "train" else "auto"
+    if purpose == "serve" and (cpu_has_native_bf16() if native_bf16 is None else native_bf16):
+        return "auto"
+    return "float32"

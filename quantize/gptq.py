@@ -6,14 +6,17 @@ import os
 import shutil
 from pathlib import Path
 
-from offramp.hardware import cpu_cores
-from offramp.quantize.measure import device
+from offramp.hardware import accelerator, cpu_cores
 
 
 def _cpu_workers() -> None:
     # GPTQModel sizes its CPU thread pool from os.cpu_count(), which oversubscribes small shared hosts;
     # must be set before gptqmodel is imported.
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(cpu_cores()))
+
+
+def check_supported(method: str) -> None:
+    """Nothing to probe: GPTQModel runs wherever its env was created (offramp.envs refuses the others)."""
 
 
 def quantize(method: str, src: str, out: Path, calib_texts: list[str], group_size: int, *, sym: bool = True) -> dict:
@@ -23,7 +26,7 @@ def quantize(method: str, src: str, out: Path, calib_texts: list[str], group_siz
     settings = {"bits": 4, "group_size": group_size, "sym": sym, "desc_act": False, "format": "gptq"}
     # offload_to_disk pages finished layers out to save RAM on huge models; a slow no-op for small ones here.
     config = GPTQConfig(**settings, offload_to_disk=False)
-    model = GPTQModel.load(src, config, device=device())
+    model = GPTQModel.load(src, config, device=accelerator())
     model.quantize(calib_texts, batch_size=1, calibration_data_min_length=4)
     model.save(str(out))
     # GPTQModel rewrites generation_config.json (it adds do_sample=true); keep the model's own defaults.
@@ -37,5 +40,5 @@ def load(method: str, path: Path):
     _cpu_workers()
     from gptqmodel import GPTQModel
 
-    wrapped = GPTQModel.load(str(path), device=device())
+    wrapped = GPTQModel.load(str(path), device=accelerator())
     return wrapped.model

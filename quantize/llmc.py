@@ -14,9 +14,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from offramp.quantize.measure import device
+from offramp.hardware import accelerator, model_dtype
 
 SCHEME = {"scheme": "W8A8", "targets": "Linear", "ignore": ["lm_head", "re:.*down_proj$"]}
+
+
+def check_supported(method: str) -> None:
+    """Nothing to probe: llm-compressor runs wherever its env was created (offramp.envs refuses the others)."""
 
 
 def quantize(method: str, src: str, out: Path, calib_texts: list[str], group_size: int, *, sym: bool = True) -> dict:
@@ -25,7 +29,7 @@ def quantize(method: str, src: str, out: Path, calib_texts: list[str], group_siz
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(src)
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, model_dtype("quantize")))
     if method == "w8a8-int8-rtn":
         from llmcompressor.modifiers.quantization import QuantizationModifier
 
@@ -61,7 +65,7 @@ def load(method: str, path: Path):
 
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", device_map=device())
+    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", device_map=accelerator())
     qconfig = json.loads((Path(path) / "config.json").read_text())["quantization_config"]
     add_activation_quant(model, qconfig.get("ignore", []))
     return model

@@ -16,19 +16,6 @@ DTYPE_BYTES = {
 }  # fmt: skip
 
 
-def device() -> str:
-    """Where models run: the GPU on CUDA hosts, else the CPU."""
-    from offramp.hardware import has_cuda
-
-    return "cuda" if has_cuda() else "cpu"
-
-
-def cpu_has_avx512() -> bool:
-    from offramp.hardware import cpu_flags
-
-    return "avx512f" in (cpu_flags() or ())
-
-
 def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import errno
-import importlib
 import json
 import shutil
 import time
 from pathlib import Path
 
 from offramp.errors import OfframpError
+from offramp.hardware import accelerator, cpu_has_avx512, model_dtype
 from offramp.paths import atomic_dir
 from offramp.quantize.calib import load_task_text, render, render_prompt
 from offramp.quantize.measure import (
-    cpu_has_avx512,
-    device,
     dir_bytes,
     greedy_answer,
     group_size_for,
@@ -87,15 +85,13 @@ def quantize_model(
     sym: bool = True,
 ) -> dict:
     """Run `method` on checkpoint `src` into `out`; returns the written report. Nothing is left at `out` on failure."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet()
     if out.exists() and not overwrite:
         raise OfframpError(f"{out} already exists; pass --overwrite to replace it")
-    impl = importlib.import_module(f"offramp.quantize.{method.module}")
-    if hasattr(impl, "check_supported"):
-        impl.check_supported(method.name)
+    impl = method.quantizer()
+    impl.check_supported(method.name)
     task = load_task_text(calib, n_calib=n_calib, n_heldout=n_heldout)
     if not Path(src).is_dir():  # a hub id: sizes and layer widths are read from the files, so fetch them first
         from huggingface_hub import snapshot_download
@@ -108,7 +104,7 @@ def quantize_model(
     probe = render_prompt(tokenizer, task.heldout[0])
     group_size = group_size_for(Path(src))
 
-    base = AutoModelForCausalLM.from_pretrained(src, dtype=torch.bfloat16, device_map=device())
+    base = AutoModelForCausalLM.from_pretrained(src, dtype=model_dtype("quantize"), device_map=accelerator())
     base_ppl, base_answer = _evaluate(base, tokenizer, heldout_texts, probe)
     del base
     prefixes = linear_prefixes(Path(src))

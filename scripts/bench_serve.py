@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -188,7 +189,103 @@ def preload_variants(names: list[str]) -> dict[str, dict[str, str]]:
     return out
 
 
-def main() -> None:
+@dataclass
+class Run:
+    """One benchmark run: its arguments, model, scratch dir, and the result written after every part."""
+
+    args: argparse.Namespace
+    model_dir: str
+    work: Path
+    result: dict
+    t_start: float = field(default_factory=time.monotonic)
+
+    @property
+    def name(self) -> str:
+        return Path(self.model_dir).name
+
+    def bench(self, base: str, args: list[str], concurrency: int, n: int) -> dict:
+        return vllm_bench(base, self.name, self.model_dir, args, concurrency, n, self.work)
+
+    def save(self) -> None:
+        self.result["wall_s"] = time.monotonic() - self.t_start
+        write_json(self.args.out / "bench_serve.json", self.result)
+
+
+def measure_overhead(run: Run) -> tuple[list[str], dict]:
+    """1. raw vLLM vs offramp serve (same flags, same env), c=8 random; then the shared-prefix workload on offramp
+    serve (caching on). Returns that workload's bench args and its result."""
+    a, result = run.args, run.result
+    proc, base, startup, cmd = raw_server(run.model_dir, run.name, run.work)
+    try:
+        raw = run.bench(base, [*RANDOM_ARGS, "--ignore-eos"], 8, a.prompts)
+        raw_c1 = run.bench(base, [*RANDOM_ARGS, "--ignore-eos"], 1, a.prompts // 4)
+    finally:
+        stop_group(proc)
+    result["raw_vllm"] = {"startup_s": startup, "command": cmd[1:], "c8": raw, "c1": raw_c1}
+    run.save()
+    proc, base, startup, cmd = offramp_serve(a.model, run.name, run.work)
+    try:
+        off = run.bench(base, [*RANDOM_ARGS, "--ignore-eos"], 8, a.prompts)
+        workload = run.work / "prefix.jsonl"
+        result["prefix_workload"] = shared_prefix_workload(run.model_dir, workload, a.prefix_prompts)
+        custom = ["--dataset-name", "custom", "--dataset-path", str(workload), "--skip-chat-template"]
+        custom += ["--custom-output-len", "16", "--ignore-eos", "--disable-shuffle"]
+        prefix_on = run.bench(base, custom, 1, a.prefix_prompts)
+    finally:
+        stop_group(proc, signal.SIGINT)  # what Ctrl-C does
+    result["offramp_serve"] = {"startup_s": startup, "command": cmd[1:], "c8": off}
+    result["ratios"] = {
+        "offramp_over_raw_output_tok_s": off["output_throughput"] / raw["output_throughput"],
+        "offramp_over_raw_mean_ttft": off["mean_ttft_ms"] / raw["mean_ttft_ms"],
+    }
+    run.save()
+    return custom, prefix_on
+
+
+def measure_prefix_caching_off(run: Run, custom: list[str], prefix_on: dict) -> None:
+    """2. prefix caching off, same workload."""
+    proc, base, _startup, _cmd = raw_server(run.model_dir, run.name, run.work, prefix_caching=False)
+    try:
+        prefix_off = run.bench(base, custom, 1, run.args.prefix_prompts)
+    finally:
+        stop_group(proc)
+    run.result["prefix_caching"] = {"on": prefix_on, "off": prefix_off}
+    run.result["ratios"]["prefix_off_over_on_mean_ttft"] = prefix_off["mean_ttft_ms"] / prefix_on["mean_ttft_ms"]
+    run.result["ratios"]["prefix_hit_rate_on"] = prefix_on["prefix_cache_hit_rate"]
+    run.save()
+
+
+def measure_transformers(run: Run) -> None:
+    """3. transformers generate, static batch 8 x (256 + 64)."""
+    result = run.result
+    result["transformers_generate"] = hf = hf_generate(run.model_dir)
+    if "raw_vllm" in result:
+        vllm_tok_s = result["raw_vllm"]["c8"]["output_throughput"]
+        result["ratios"]["vllm_c8_over_hf_bf16_output_tok_s"] = vllm_tok_s / hf["bfloat16"]["output_tok_s"]
+        result["ratios"]["vllm_c8_over_hf_fp32_output_tok_s"] = vllm_tok_s / hf["float32"]["output_tok_s"]
+    run.save()
+
+
+def measure_variants(run: Run) -> None:
+    """4. CPU tuning variants, each vs the raw baseline of this run."""
+    result = run.result
+    for vname, env in preload_variants([v for v in run.args.variants.split(",") if v]).items():
+        if not env:
+            result.setdefault("variants", {})[vname] = {"skipped": "library not found on this host"}
+            continue
+        proc, base, startup, _cmd = raw_server(run.model_dir, run.name, run.work, env_extra=env)
+        try:
+            row = run.bench(base, [*RANDOM_ARGS, "--ignore-eos"], 8, run.args.prompts)
+        finally:
+            stop_group(proc)
+        entry = {"env": env, "startup_s": startup, "c8": row}
+        if "raw_vllm" in result:
+            entry["output_tok_s_over_raw"] = row["output_throughput"] / result["raw_vllm"]["c8"]["output_throughput"]
+        result.setdefault("variants", {})[vname] = entry
+        run.save()
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--out", type=Path, default=Path("serve/results"))
@@ -196,12 +293,13 @@ def main() -> None:
     ap.add_argument("--prefix-prompts", type=int, default=16)
     ap.add_argument("--variants", default="", help="comma list: iomp,tcmalloc,tcmalloc+iomp,all-cores")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: overhead,prefix,hf")
-    a = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    a = parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the servers
     skip = set(filter(None, a.skip.split(",")))
-    model_dir = resolve_model(a.model)
-    name = Path(model_dir).name
-    work = Path(tempfile.mkdtemp(prefix="offramp-bench-serve-"))
     result: dict = {
         "benchmark": "serve",
         "created_at": now_iso(),
@@ -211,77 +309,17 @@ def main() -> None:
         "load_generator": "vllm bench serve (vllm.benchmarks.serve.main via offramp.serve.vllm_bench)",
         "workload_random": {"input_len": 256, "output_len": 64, "prompts": a.prompts, "concurrency": 8},
     }
-    t_start = time.monotonic()
-
-    def save() -> None:
-        result["wall_s"] = time.monotonic() - t_start
-        write_json(a.out / "bench_serve.json", result)
-
-    # 1. raw vLLM vs offramp serve (same flags, same env), c=8 random
+    run = Run(a, resolve_model(a.model), Path(tempfile.mkdtemp(prefix="offramp-bench-serve-")), result)
     if "overhead" not in skip:
-        proc, base, startup, cmd = raw_server(model_dir, name, work)
-        try:
-            raw = vllm_bench(base, name, model_dir, [*RANDOM_ARGS, "--ignore-eos"], 8, a.prompts, work)
-            raw_c1 = vllm_bench(base, name, model_dir, [*RANDOM_ARGS, "--ignore-eos"], 1, a.prompts // 4, work)
-        finally:
-            stop_group(proc)
-        result["raw_vllm"] = {"startup_s": startup, "command": cmd[1:], "c8": raw, "c1": raw_c1}
-        save()
-        proc, base, startup, cmd = offramp_serve(a.model, name, work)
-        try:
-            off = vllm_bench(base, name, model_dir, [*RANDOM_ARGS, "--ignore-eos"], 8, a.prompts, work)
-            workload = work / "prefix.jsonl"
-            result["prefix_workload"] = shared_prefix_workload(model_dir, workload, a.prefix_prompts)
-            custom = ["--dataset-name", "custom", "--dataset-path", str(workload), "--skip-chat-template"]
-            custom += ["--custom-output-len", "16", "--ignore-eos", "--disable-shuffle"]
-            prefix_on = vllm_bench(base, name, model_dir, custom, 1, a.prefix_prompts, work)
-        finally:
-            stop_group(proc, signal.SIGINT)  # what Ctrl-C does
-        result["offramp_serve"] = {"startup_s": startup, "command": cmd[1:], "c8": off}
-        result["ratios"] = {
-            "offramp_over_raw_output_tok_s": off["output_throughput"] / raw["output_throughput"],
-            "offramp_over_raw_mean_ttft": off["mean_ttft_ms"] / raw["mean_ttft_ms"],
-        }
-        save()
-        # 2. prefix caching off, same workload
+        custom, prefix_on = measure_overhead(run)
         if "prefix" not in skip:
-            proc, base, startup, cmd = raw_server(model_dir, name, work, prefix_caching=False)
-            try:
-                prefix_off = vllm_bench(base, name, model_dir, custom, 1, a.prefix_prompts, work)
-            finally:
-                stop_group(proc)
-            result["prefix_caching"] = {"on": prefix_on, "off": prefix_off}
-            result["ratios"]["prefix_off_over_on_mean_ttft"] = prefix_off["mean_ttft_ms"] / prefix_on["mean_ttft_ms"]
-            result["ratios"]["prefix_hit_rate_on"] = prefix_on["prefix_cache_hit_rate"]
-            save()
-    # 3. transformers generate, static batch 8 x (256 + 64)
+            measure_prefix_caching_off(run, custom, prefix_on)
     if "hf" not in skip:
-        result["transformers_generate"] = hf_generate(model_dir)
-        if "raw_vllm" in result:
-            hf = result["transformers_generate"]
-            vllm_tok_s = result["raw_vllm"]["c8"]["output_throughput"]
-            result["ratios"]["vllm_c8_over_hf_bf16_output_tok_s"] = vllm_tok_s / hf["bfloat16"]["output_tok_s"]
-            result["ratios"]["vllm_c8_over_hf_fp32_output_tok_s"] = vllm_tok_s / hf["float32"]["output_tok_s"]
-        save()
-    # 4. CPU tuning variants, each vs the raw baseline of this run
-    variants = preload_variants([v for v in a.variants.split(",") if v])
-    for vname, env in variants.items():
-        if not env:
-            result.setdefault("variants", {})[vname] = {"skipped": "library not found on this host"}
-            continue
-        proc, base, startup, cmd = raw_server(model_dir, name, work, env_extra=env)
-        try:
-            row = vllm_bench(base, name, model_dir, [*RANDOM_ARGS, "--ignore-eos"], 8, a.prompts, work)
-        finally:
-            stop_group(proc)
-        entry = {"env": env, "startup_s": startup, "c8": row}
-        if "raw_vllm" in result:
-            entry["output_tok_s_over_raw"] = row["output_throughput"] / result["raw_vllm"]["c8"]["output_throughput"]
-        result.setdefault("variants", {})[vname] = entry
-        save()
-    save()
+        measure_transformers(run)
+    measure_variants(run)
+    run.save()
     print(json.dumps(result.get("ratios", {}), indent=2))
-    print(f"wrote {a.out / 'bench_serve.json'} (logs in {work})")
+    print(f"wrote {a.out / 'bench_serve.json'} (logs in {run.work})")
 
 
 if __name__ == "__main__":

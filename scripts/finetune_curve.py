@@ -3,7 +3,7 @@
 Two phases, each meant to run under `flock /tmp/offramp-heavy.lock` and within ~10 minutes on 2 CPU cores:
 
   train: fine-tune with a recipe, saving adapter snapshots at the given steps (and the final adapter + report);
-  eval:  score every snapshot with constrained answers (label log-likelihood argmax, offramp.finetune.scoring)
+  eval:  score every snapshot with constrained answers (label-trie-argmax, offramp.evals.scorers)
          and the final one also with free generation; write the curve JSON.
 
   python scripts/finetune_curve.py train --model smollm2-135m-instruct --data /tmp/ft/data20 --run /tmp/ft/runA \\
@@ -22,8 +22,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from offramp.data import load_chat_jsonl, load_labels
-from offramp.envs import accelerator
-from offramp.hardware import hardware_info
+from offramp.hardware import accelerator, hardware_info
 from offramp.paths import read_json, write_json
 from offramp.store import resolve_model
 
@@ -42,7 +41,7 @@ def train(a: argparse.Namespace) -> None:
     from offramp.finetune.train import RunInputs, run_finetune
 
     overrides = {"max_steps": a.max_steps, "epochs": a.epochs, "lr": a.lr, "batch_size": a.batch_size}
-    recipe = load_recipe(a.recipe, accelerator(), overrides)
+    recipe = load_recipe(a.recipe, accelerator(), overrides)  # None: not given, the recipe's value stays
     run = Path(a.run)
     steps = {int(s) for s in a.snapshot_steps.split(",") if s}
     inputs = RunInputs(
@@ -65,7 +64,7 @@ def evaluate(a: argparse.Namespace) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from offramp.finetune.scoring import classification_accuracy
+    from offramp.evals.scorers import classification_accuracy
 
     run = Path(a.run)
     report = read_json(run / "final" / "finetune_report.json")
@@ -103,7 +102,8 @@ def evaluate(a: argparse.Namespace) -> None:
         "train_wall_time_s": report["wall_time_s"],
         "train_tokens_per_s": report["train_tokens_per_s"],
         "final_train_loss": report["final_train_loss"],
-        "scoring": "constrained = argmax of label log-likelihood over the 77 labels; free = greedy exact match",
+        "scoring": "constrained = label-trie-argmax: argmax of label log-likelihood over the 77 labels; "
+        "free = free-greedy-exact-match (each point's `scorer` names it, offramp.evals.scorers)",
         "points": points,
     }
     write_json(Path(a.json), out)

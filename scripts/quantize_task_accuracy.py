@@ -26,15 +26,16 @@ import time
 from pathlib import Path
 
 from offramp.evals.metrics import INVALID, paired_difference, score
+from offramp.evals.scorers import HF_PREFIX_CONSTRAINED_GREEDY, VLLM_STRUCTURED_CHOICE, PrefixConstrainedGreedy
 from offramp.evals.tasks import load_task
-from offramp.hardware import hardware_info
+from offramp.hardware import cpu_has_avx512, hardware_info, model_dtype
 from offramp.paths import write_json
-from offramp.quantize.measure import cpu_has_avx512
 from offramp.quantize.methods import get_method
 from offramp.reports import now_iso
 from offramp.serve.server import VllmServer
 
 REFERENCE = {"vllm": "bf16", "hf": "bf16-hf"}  # the unquantized model's name under each scorer
+SCORER = {"vllm": VLLM_STRUCTURED_CHOICE, "hf": HF_PREFIX_CONSTRAINED_GREEDY}  # its name in offramp.evals.scorers
 SCORERS = {
     "vllm": "served by vLLM, constrained decoding (structured outputs: choice)",
     "hf": "transformers generate in-process (float32 CPU; bnb's own compute dtype), greedy, constrained to the labels",
@@ -93,38 +94,14 @@ def served_report(out: Path) -> dict:
     return report
 
 
-def hf_constrained_preds(path: Path, messages: list[list[dict]], labels: list[str], batch_size: int = 16) -> list[int]:
-    """Greedy decoding restricted to the label strings (+ end of turn) by transformers' `prefix_allowed_tokens_fn`:
-    the same decision vLLM's structured-outputs choice makes, for checkpoints vLLM cannot load (bitsandbytes).
-    Per-label log-likelihood (`offramp eval`'s local mode) would cost 77 forward passes a query here."""
-    import torch
+def hf_constrained_preds(path: Path, messages: list[list[dict]], labels: list[str]) -> list[int]:
+    """hf-prefix-constrained-greedy (offramp.evals.scorers): the decision vLLM's structured-outputs choice makes, for
+    checkpoints vLLM cannot load (bitsandbytes). Per-label log-likelihood would cost 77 forward passes a query."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from offramp.finetune.scoring import LabelTrie, label_token_ids
-
     tok = AutoTokenizer.from_pretrained(path, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, device_map="cpu").eval()
-    seqs = label_token_ids(tok, labels)  # each label then the end-of-turn token
-    trie = LabelTrie.build(seqs)
-    end = tok.eos_token_id
-    pad = tok.pad_token_id if tok.pad_token_id is not None else end
-    preds = []
-    for start in range(0, len(messages), batch_size):
-        chunk = messages[start : start + batch_size]
-        prompts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in chunk]
-        batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        n = batch.input_ids.shape[1]
-
-        def allowed(_row: int, ids: torch.Tensor, n: int = n) -> list[int]:
-            return sorted(trie.children.get(tuple(ids[n:].tolist()), {pad}))
-
-        with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max(map(len, seqs)), do_sample=False, eos_token_id=end,
-                                 pad_token_id=pad, prefix_allowed_tokens_fn=allowed)  # fmt: skip
-        for row in out[:, n:].tolist():
-            got = tuple(row[: row.index(end) + 1]) if end in row else tuple(row)
-            preds.append(trie.leaves.get(got, INVALID))
-    return preds
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype("eval", "cpu"), device_map="cpu").eval()
+    return PrefixConstrainedGreedy(model, tok).predict(messages, labels)
 
 
 def score_in_process(found: dict[str, dict], task_name: str, limit_per_label: int | None, out: Path) -> dict:
@@ -135,7 +112,7 @@ def score_in_process(found: dict[str, dict], task_name: str, limit_per_label: in
     for name, c in found.items():
         t = time.monotonic()
         preds[name] = hf_constrained_preds(c["path"], [q.messages for q in task.queries], task.labels)
-        scored = score(gold, preds[name], len(task.labels))
+        scored = {**score(gold, preds[name], len(task.labels)), "scorer": HF_PREFIX_CONSTRAINED_GREEDY}
         system = {"name": name, "modes": {"constrained": scored}, "wall_s": round(time.monotonic() - t, 1)}
         system["preds"] = [task.labels[i] if i != INVALID else None for i in preds[name]]
         systems.append(system)
@@ -183,6 +160,7 @@ def main() -> None:
     for name, c in found.items():
         reference = REFERENCE[c["scorer"]]
         row = {"system": name, "method": c["method"], "checkpoint": str(c["path"]), "scored_by": SCORERS[c["scorer"]]}
+        row["scorer"] = SCORER[c["scorer"]]
         row["accuracy"] = acc[name]
         if c["emulated"]:
             row["emulated"] = "dense copy of the GPTQ weights (offramp quantize emulate): this host's vLLM has no W4A16"

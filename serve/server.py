@@ -27,7 +27,7 @@ from types import TracebackType
 import httpx
 
 from offramp.errors import OfframpError
-from offramp.hardware import cpu_cores, cpu_flags, hardware_info
+from offramp.hardware import accelerator, cpu_cores, cpu_has_native_bf16, hardware_info, model_dtype
 
 # vLLM accepts only these values for --max-lora-rank (vllm/config/lora.py, MaxLoRARanks).
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -161,18 +161,13 @@ def cpu_env_defaults(environ: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: without either, bf16 matmuls on CPU are emulated and slow."""
-    flags = cpu_flags()
-    return flags is None or not flags.isdisjoint({"avx512_bf16", "amx_bf16"})
-
-
 def cpu_dtype_args(extra_args: Sequence[str]) -> list[str]:
     """`--dtype float32` on CPUs without native bf16, unless the user chose a dtype. Measured here (AMD EPYC, AVX2
     only, SmolLM2, 16 chat requests at concurrency 8): bf16 0.55-0.69 requests/s, float32 2.1-2.6 (3.8x)."""
-    if any(a == "--dtype" or a.startswith("--dtype=") for a in extra_args) or cpu_has_native_bf16():
+    if any(a == "--dtype" or a.startswith("--dtype=") for a in extra_args):
         return []
-    return ["--dtype", "float32"]
+    dtype = model_dtype("serve", "cpu", native_bf16=cpu_has_native_bf16())
+    return [] if dtype == "auto" else ["--dtype", dtype]
 
 
 def log_tail(path: Path, n: int) -> list[str]:
@@ -245,8 +240,6 @@ class VllmServer:
     # --- what gets launched -------------------------------------------------------------------------------
     @property
     def accelerator(self) -> str:
-        from offramp.envs import accelerator
-
         return accelerator()
 
     def command(self) -> list[str]:

@@ -93,6 +93,7 @@ def test_tiny_model_and_adapter_vs_paid_api(cli, tiny_model, tiny_lora, mini, tm
         base = eval_system(rep, "api")
         assert base["accuracy"]["value"] == pytest.approx(1000 / 12, abs=0.01)
         assert base["modes"]["free"]["accuracy"]["value"] == pytest.approx(1000 / 12, abs=0.01)
+        assert base["modes"]["constrained"]["scorer"] == "openai-json-schema-enum"
         # the fake API reports -0.05 per answer token: the confidence per answer comes through
         q0 = base["queries"][0]["free"]
         assert q0["logprob"] < 0 and q0["prob"] == pytest.approx(math.exp(q0["logprob"]))
@@ -108,6 +109,8 @@ def test_tiny_model_and_adapter_vs_paid_api(cli, tiny_model, tiny_lora, mini, tm
         cand, lora = eval_system(rep, "cand"), eval_system(rep, "lora")
         for s in (cand, lora):
             assert s["mode"] == "constrained" and s["invalid_rate"] == 0.0
+            assert s["scorer"] == "lm-eval-multiple-choice"
+            assert s["modes"]["free"]["scorer"] == "free-greedy-exact-match"
             assert s["accuracy"]["ci_low"] <= s["accuracy"]["value"] <= s["accuracy"]["ci_high"]
             for q in s["queries"]:
                 c = q["constrained"]
@@ -283,7 +286,7 @@ def test_vllm_endpoint_structured_choice(cli, vllm_tiny, mini, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     s = eval_system(eval_report(tmp_path / "out"), "served")
     labels = set(gold.values())
-    assert s["mode"] == "constrained" and s["invalid_rate"] == 0.0
+    assert s["mode"] == "constrained" and s["invalid_rate"] == 0.0 and s["scorer"] == "vllm-structured-choice"
     assert all(q["constrained"]["answer"] in labels for q in s["queries"])
     assert s["modes"]["free"]["invalid_rate"] > 50.0  # random weights do not spell labels unconstrained
     assert s["usage"]["requests"] == 24 and s["usage"]["input_tokens"] > 0

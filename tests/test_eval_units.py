@@ -19,6 +19,42 @@ from offramp.expressions import parse_gate
 LABELS = ["card_arrival", "card_linking", "exchange_rate"]
 
 
+# ---- constrained scorers ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("k", "n", "low", "high"), [(23, 77, 0.2080, 0.4085), (0, 5, 0.0, 0.4345), (5, 5, 0.5655, 1.0)]
+)
+def test_wilson_interval_is_scipys(k, n, low, high):
+    from offramp.stats import wilson_interval
+
+    assert wilson_interval(k, n) == pytest.approx((low, high), abs=5e-5)
+    assert wilson_interval(0, 0) == (0.0, 0.0)
+
+
+def test_constrained_accuracy_names_its_scorer_and_counts_no_label_as_wrong():
+    from offramp.evals.scorers import ConstrainedScorer, constrained_accuracy
+
+    class Fixed:
+        name = "fixed-for-the-test"
+
+        def predict(self, prompts, labels):
+            return [0, INVALID, 2, 1][: len(prompts)]
+
+    scorer: ConstrainedScorer = Fixed()
+    prompts = [[{"role": "user", "content": str(i)}] for i in range(4)]
+    gold = ["card_arrival", "card_linking", "exchange_rate", "card_arrival"]
+    got = constrained_accuracy(scorer, prompts, LABELS, gold)
+    assert (got["scorer"], got["correct"], got["accuracy"]) == ("fixed-for-the-test", 2, 0.5)
+    assert got["ci95_wilson"][0] < 0.5 < got["ci95_wilson"][1]
+
+
+def test_each_endpoint_provider_names_its_constrained_scorer():
+    from offramp.evals.scorers import endpoint_scorer
+
+    assert endpoint_scorer("vllm") == "vllm-structured-choice"
+    assert endpoint_scorer("openai") == "openai-json-schema-enum"
+    assert endpoint_scorer("anthropic") is None
+
+
 # ---- answers and metrics -------------------------------------------------------------------------------------
 
 
@@ -318,6 +354,22 @@ def test_corpus_metric_matches_sacrebleu_and_resamples_from_stats(metric):
     # a resample repeating query 2 (a perfect answer) four times scores as that corpus does
     again = getattr(sacrebleu, f"corpus_{metric}")([hyps[2]] * 4, [[refs[2]] * 4]).score
     assert resampled_scores(metric, stats, np.full((1, 4), 2))[0] == pytest.approx(again)
+
+
+def test_sacrebleu_private_stats_api_is_still_there():
+    """evals/metrics.py reads per-segment statistics through sacrebleu's private API (there is no public one): if an
+    upgrade renames or reshapes it, this says so by name instead of the intervals going quietly wrong."""
+    import inspect
+
+    from sacrebleu.metrics import BLEU, CHRF
+
+    for cls, width in ((BLEU, 2 + 2 * 4), (CHRF, 3 * 6)):  # BLEU: 2 lengths, 2 per n-gram order; chrF: 3 per char order
+        for name in ("_extract_corpus_statistics", "_compute_score_from_stats"):
+            assert callable(getattr(cls, name, None)), f"sacrebleu {cls.__name__}.{name} is gone: see evals/metrics.py"
+        params = list(inspect.signature(cls._extract_corpus_statistics).parameters)
+        assert params == ["self", "hypotheses", "references"], f"sacrebleu changed {cls.__name__}'s stats API"
+        stats = cls()._extract_corpus_statistics(["a b c d", "e f"], [["a b c d", "e g"]])
+        assert np.asarray(stats).shape == (2, width), f"sacrebleu {cls.__name__} segment stats changed shape"
 
 
 def test_generation_intervals_and_paired_difference():

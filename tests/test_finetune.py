@@ -125,6 +125,24 @@ def test_recipe_layers(tmp_path: Path) -> None:
         load_recipe(str(bad), "cpu", {})
 
 
+def test_key_value_overrides_are_validated_by_the_recipe(tmp_path: Path) -> None:
+    from offramp.finetune.recipe import load_recipe, parse_overrides
+
+    pairs = ["dropout=0.1", "warmup=10", "scheduler=linear", "target_modules=q_proj,v_proj", "lr=2e-3", "rank=4"]
+    got = load_recipe("default", "cpu", {"rank": 32, "lr": None}, parse_overrides(pairs))
+    assert (got.dropout, got.warmup, got.scheduler, got.lr, got.rank) == (0.1, 10, "linear", 0.002, 4)
+    assert got.target_modules == ["q_proj", "v_proj"]
+    assert load_recipe("default", "cpu", {}).max_steps is not None
+    assert load_recipe("default", "cpu", {}, parse_overrides(["max-steps=null"])).max_steps is None
+    assert load_recipe("default", "cpu", {}, parse_overrides(["epochs=2"])).max_steps is None  # epochs beats steps
+    with pytest.raises(OfframpError, match="no hyper-parameter 'dropuot'"):
+        parse_overrides(["dropuot=0.1"])
+    with pytest.raises(OfframpError, match="expected KEY=VALUE"):
+        parse_overrides(["0.1"])
+    with pytest.raises(OfframpError, match="dropout"):
+        load_recipe("default", "cpu", {}, parse_overrides(["dropout=1.5"]))
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_model: Path, train_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One real CLI run: 12 LoRA steps on one fixed batch of 8 records, merged, with a run cost."""
@@ -134,7 +152,7 @@ def trained(tiny_model: Path, train_file: Path, tmp_path_factory: pytest.TempPat
     res = run_cli(
         "finetune", str(tiny_model), "--data", str(train_file), "--eval-data", str(train_file),
         "--max-steps", "12", "--batch-size", "8", "--lr", "0.01", "--rank", "8", "--out", str(out), "--merge",
-        "--host-price-per-hour", "2.0",
+        "--host-price-per-hour", "2.0", "dropout=0.05", "scheduler=constant",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     return out
@@ -154,6 +172,7 @@ def test_training_lowers_loss_and_reports(trained: Path) -> None:
     # wall_time_s is rounded in the report; on a 3 s run that alone moves the cost by ~0.1 %
     assert report.run_cost_usd == pytest.approx(report.wall_time_s / 3600 * 2.0, rel=1e-3, abs=1e-5)
     assert report.hardware["cpu_cores"] >= 1
+    assert (body["hyperparameters"]["scheduler"], body["hyperparameters"]["dropout"]) == ("constant", 0.05)
     assert not (trained.parent / f".{trained.name}.work").exists()  # checkpoints cleaned up after success
 
 
@@ -164,6 +183,7 @@ def test_adapter_reloads_merges_and_generates(trained: Path, tiny_model: Path, t
 
     cfg = json.loads((trained / "adapter" / "adapter_config.json").read_text())
     assert cfg["r"] == 8 and cfg["peft_type"] == "LORA"
+    assert cfg["lora_dropout"] == 0.05  # a KEY=VALUE override on the command line reaches peft
     assert {"q_proj", "down_proj"} <= set(cfg["target_modules"])
     ids = tokenizer.apply_chat_template(chat(QUERIES[0], "")["messages"][:2], add_generation_prompt=True)
     ids = torch.tensor([ids["input_ids"] if hasattr(ids, "keys") else ids])
@@ -187,11 +207,11 @@ def test_label_likelihood_argmax_is_exact(tiny_model: Path, tokenizer) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from offramp.finetune.scoring import classify_by_label_likelihood, label_token_ids, prompt_ids
+    from offramp.evals.scorers import LabelTrieArgmax, label_token_ids, prompt_ids
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     prompts = [chat(q, "")["messages"][:2] for q in QUERIES[:4]]
-    got = classify_by_label_likelihood(model, tokenizer, prompts, LABELS, expand_batch=3)
+    got = LabelTrieArgmax(model, tokenizer, expand_batch=3).best_labels(prompts, LABELS)
     for messages, (label, score) in zip(prompts, got, strict=True):
         p = prompt_ids(tokenizer, messages)
         full = []
@@ -202,6 +222,31 @@ def test_label_likelihood_argmax_is_exact(tiny_model: Path, tokenizer) -> None:
         best = max(range(len(LABELS)), key=full.__getitem__)
         assert label == LABELS[best]
         assert score == pytest.approx(full[best], abs=1e-3)
+
+
+def test_prefix_constrained_greedy_decodes_the_best_allowed_token_each_step(tiny_model: Path, tokenizer) -> None:
+    """hf-prefix-constrained-greedy, batched with left padding, must pick what one-query-at-a-time greedy decoding
+    over the label tokens picks."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from offramp.evals.scorers import PrefixConstrainedGreedy, label_token_ids, prompt_ids
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    left = AutoTokenizer.from_pretrained(tiny_model, padding_side="left")
+    prompts = [chat(q, "")["messages"][:2] for q in QUERIES[:5]]
+    scorer = PrefixConstrainedGreedy(model, left, batch_size=2)
+    assert scorer.name == "hf-prefix-constrained-greedy"
+    got = scorer.predict(prompts, LABELS)
+    seqs = label_token_ids(tokenizer, LABELS)
+    for messages, pred in zip(prompts, got, strict=True):
+        ids, picked = prompt_ids(tokenizer, messages), []
+        while picked not in seqs:
+            allowed = {s[len(picked)] for s in seqs if s[: len(picked)] == picked and len(s) > len(picked)}
+            with torch.no_grad():
+                logits = model(torch.tensor([ids + picked])).logits[0, -1]
+            picked.append(max(allowed, key=lambda t: logits[t].item()))
+        assert pred == seqs.index(picked)
 
 
 def test_interrupt_then_resume_finishes(tiny_model: Path, train_file: Path, tmp_path: Path) -> None:
@@ -255,6 +300,8 @@ BAD = {
     "not_chat": ([json.dumps(chat("q", "card_arrival")), json.dumps({"prompt": "q", "completion": "a"})], [], ":2:"),
     "no_assistant": ([json.dumps({"messages": [{"role": "user", "content": "hello"}]})], [], "assistant"),
     "all_too_long": ([json.dumps(chat(q, "card_arrival")) for q in QUERIES], ["--max-len", "12"], "--max-len 12"),
+    "bad_override": ([json.dumps(chat(q, "card_arrival")) for q in QUERIES], ["lr=-1"], "lr: Input should be"),
+    "unknown_override": ([json.dumps(chat(q, "card_arrival")) for q in QUERIES], ["rnak=8"], "no hyper-parameter"),
 }
 
 

@@ -9,8 +9,9 @@ import pytest
 
 from offramp.artifacts import load_report
 from offramp.errors import OfframpError
+from offramp.hardware import cpu_has_avx512
 from offramp.quantize.calib import load_task_text
-from offramp.quantize.measure import cpu_has_avx512, group_size_for, linear_prefixes, size_summary
+from offramp.quantize.measure import group_size_for, linear_prefixes, size_summary
 
 REPORT = "quantize_report.json"
 FAST = ["--n-calib", "16", "--n-heldout", "8"]
@@ -167,6 +168,22 @@ def test_failed_reload_check_writes_nothing(cli, tiny_model: Path, tmp_path: Pat
     assert proc.returncode == 1
     assert "reload check failed" in proc.stderr.strip().splitlines()[-1]
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".refused")]
+
+
+def test_every_method_has_an_implementation_of_the_quantizer_protocol() -> None:
+    import inspect
+
+    from offramp.quantize.methods import METHODS, Quantizer, get_method
+
+    want = {name: list(inspect.signature(getattr(Quantizer, name)).parameters)[1:] for name in ("quantize", "load")}
+    for method in METHODS.values():
+        impl = method.quantizer()
+        assert impl.__name__ == f"offramp.quantize.{method.module}"
+        assert callable(impl.check_supported)  # every module has it, even where there is nothing to probe
+        for name, params in want.items():
+            assert list(inspect.signature(getattr(impl, name)).parameters) == params, (method.name, name)
+    with pytest.raises(OfframpError, match="unknown quantization method 'nf5'"):
+        get_method("nf5")
 
 
 def test_out_of_disk_is_a_clear_error(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from offramp import hardware
 from offramp.errors import OfframpError
-from offramp.quantize.measure import cpu_has_avx512, linear_prefixes, tensor_bytes, tensor_specs
+from offramp.hardware import cpu_has_avx512
+from offramp.quantize.measure import linear_prefixes, tensor_bytes, tensor_specs
 from offramp.serve import bench, server
 from offramp.serve.server import VllmServer, check_adapter, cpu_env_defaults, live_group_members
 
@@ -44,6 +45,42 @@ def test_native_bf16_from_the_cpu_flags(monkeypatch, cpuinfo, native):
     monkeypatch.setattr(hardware, "_cpuinfo", lambda: cpuinfo)
     assert server.cpu_has_native_bf16() is native
     assert server.cpu_dtype_args([]) == ([] if native else ["--dtype", "float32"])
+
+
+@pytest.mark.parametrize(
+    ("purpose", "where", "native_bf16", "dtype"),
+    [("train", "cuda", False, "bfloat16"), ("train", "cpu", True, "float32"), ("eval", "cuda", False, "auto")]
+    + [("eval", "cpu", True, "float32"), ("serve", "cuda", False, "auto"), ("serve", "cpu", True, "auto")]
+    + [("serve", "cpu", False, "float32"), ("quantize", "cpu", False, "bfloat16")]
+    + [("quantize", "cuda", True, "bfloat16")],
+)
+def test_one_place_decides_the_dtype_per_purpose_and_device(purpose, where, native_bf16, dtype):
+    assert hardware.model_dtype(purpose, where, native_bf16=native_bf16) == dtype
+
+
+def test_the_accelerator_follows_nvidia_smi_unless_forced(monkeypatch):
+    monkeypatch.delenv("OFFRAMP_ACCELERATOR", raising=False)
+    monkeypatch.setattr(hardware, "has_cuda", lambda: True)
+    assert hardware.accelerator() == "cuda"
+    monkeypatch.setenv("OFFRAMP_ACCELERATOR", "cpu")
+    assert hardware.accelerator() == "cpu"
+    monkeypatch.setattr(hardware, "has_cuda", lambda: False)
+    monkeypatch.setenv("OFFRAMP_ACCELERATOR", "bogus")
+    assert hardware.accelerator() == "cpu"
+
+
+def test_no_stage_decides_the_device_or_reads_the_cpu_itself():
+    """CUDA is detected one way (offramp.hardware.accelerator) and /proc/cpuinfo read once (offramp.hardware)."""
+    root = Path(__file__).resolve().parents[1]
+    offenders = [
+        f"{path.relative_to(root)}: {needle}"
+        for folder in ("evals", "finetune", "quantize", "serve", "offramp")
+        for path in (root / folder).rglob("*.py")
+        if path.name != "hardware.py"
+        for needle in ("cuda.is_available", "/proc/cpuinfo", "sched_getaffinity", "os.cpu_count()")
+        if needle in "\n".join(ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#"))
+    ]
+    assert offenders == []
 
 
 @pytest.mark.parametrize(("cores", "reserved"), [(1, "0"), (2, "0"), (4, None)])
