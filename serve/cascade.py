@@ -22,24 +22,22 @@ import itertools
 import json
 import logging
 import math
-import os
-import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.background import BackgroundTask
 from tenacity import AsyncRetrying
 
 from offramp.errors import OfframpError
-from offramp.providers import PROVIDERS
 from offramp.retry import policy
 from offramp.serve.auth import RequireKey
+from offramp.serve.router import AppServer, Upstream, add_metrics, openai_error, sse_events
 
 log = logging.getLogger("offramp.cascade")
 
@@ -47,35 +45,14 @@ URL_KEY_ENV = "OFFRAMP_FALLBACK_API_KEY"  # optional key for an http(s):// fallb
 ROUTES = ("local", "fallback", "degraded", "error")
 
 
-@dataclass(frozen=True)
-class Fallback:
-    base_url: str
-    model: str
-    key_env: str | None
+class Fallback(Upstream):
+    """Where the cascade escalates to: always a named model."""
 
     @classmethod
-    def parse(cls, spec: str) -> Fallback:
-        """`openai:MODEL`, `anthropic:MODEL`, or `http(s)://host/v1#MODEL` (optional key: OFFRAMP_FALLBACK_API_KEY)."""
-        if spec.startswith(("http://", "https://")):
-            url, _, model = spec.partition("#")
-            if not model:
-                raise OfframpError(f"--fallback {spec!r}: name the model after '#', e.g. http://host:8000/v1#MODEL")
-            return cls(url.rstrip("/"), model, URL_KEY_ENV)
-        provider, _, model = spec.partition(":")
-        if provider not in PROVIDERS or not model:
-            raise OfframpError(
-                f"--fallback {spec!r}: expected openai:MODEL, anthropic:MODEL or http://host:port/v1#MODEL"
-            )
-        known = PROVIDERS[provider]
-        if not os.environ.get(known.key_env):
-            raise OfframpError(
-                f"--fallback {spec}: the API key must be in the environment variable {known.key_env} (not set)"
-            )
-        return cls(known.default_url, model, known.key_env)
-
-    def headers(self) -> dict[str, str]:
-        key = os.environ.get(self.key_env or "", "")
-        return {"Authorization": f"Bearer {key}"} if key else {}
+    def parse(cls, spec: str) -> Fallback:  # type: ignore[override]
+        """`openai:MODEL`, `anthropic:MODEL`, or `http(s)://host/v1#MODEL` (optional key: OFFRAMP_FALLBACK_API_KEY);
+        a named API's base URL honours its OPENAI_BASE_URL / ANTHROPIC_BASE_URL (offramp/providers.py)."""
+        return super().parse(spec, flag="--fallback", url_key_env=URL_KEY_ENV, model=True)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -146,44 +123,56 @@ def probe_local(cfg: CascadeSettings, timeout_s: float = 120.0) -> None:
 
 
 def _error(message: str, status: int, kind: str = "offramp_cascade", headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
+    return openai_error(message, status, kind, headers)
 
 
-def build_app(cfg: CascadeSettings) -> FastAPI:
-    registry = CollectorRegistry()
-    routes = Counter("offramp_cascade_requests", "chat requests answered, by route", ["route"], registry=registry)
-    for route in ROUTES:
-        routes.labels(route)  # every route shows on /metrics from the start, at 0
-    failures = Counter(
-        "offramp_cascade_fallback_failures", "failed fallback attempts, by reason", ["reason"], registry=registry
-    )
-    confidence = Histogram(
-        "offramp_cascade_confidence",
-        "local answer confidence P(answer | prompt)",
-        buckets=[i / 20 for i in range(21)],
-        registry=registry,
-    )
-    Gauge("offramp_cascade_threshold", "routing threshold on the local confidence", registry=registry).set(
-        cfg.threshold
-    )
-    clients: dict[str, httpx.AsyncClient] = {}
+class CascadeMetrics:
+    """The router's counters on its own registry (one per app, so that two routers in a process do not clash)."""
+
+    def __init__(self, threshold: float) -> None:
+        self.registry = CollectorRegistry()
+        self.routes = Counter(
+            "offramp_cascade_requests", "chat requests answered, by route", ["route"], registry=self.registry
+        )
+        for route in ROUTES:
+            self.routes.labels(route)  # every route shows on /metrics from the start, at 0
+        self.failures = Counter(
+            "offramp_cascade_fallback_failures",
+            "failed fallback attempts, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.confidence = Histogram(
+            "offramp_cascade_confidence",
+            "local answer confidence P(answer | prompt)",
+            buckets=[i / 20 for i in range(21)],
+            registry=self.registry,
+        )
+        gauge = Gauge("offramp_cascade_threshold", "routing threshold on the local confidence", registry=self.registry)
+        gauge.set(threshold)
+
+
+class Cascade:
+    """One request's path through the cascade: the local model, then (if unsure) the fallback."""
+
+    def __init__(self, cfg: CascadeSettings, metrics: CascadeMetrics) -> None:
+        self.cfg = cfg
+        self.metrics = metrics
+        self.clients: dict[str, httpx.AsyncClient] = {}
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         # Local traffic stays on loopback (no proxies); the fallback honours HTTPS_PROXY like any API client.
-        clients["local"] = httpx.AsyncClient(timeout=cfg.local_timeout_s, trust_env=False)
-        clients["fallback"] = httpx.AsyncClient(timeout=cfg.fallback_timeout_s)
+        self.clients["local"] = httpx.AsyncClient(timeout=self.cfg.local_timeout_s, trust_env=False)
+        self.clients["fallback"] = httpx.AsyncClient(timeout=self.cfg.fallback_timeout_s)
         yield
-        for c in clients.values():
+        for c in self.clients.values():
             await c.aclose()
 
-    app = FastAPI(title="offramp cascade", lifespan=lifespan)
-
-    app.add_middleware(RequireKey, key=cfg.local_api_key)  # every route but health and metrics
-
-    async def ask_local(body: dict) -> dict:
+    async def ask_local(self, body: dict) -> dict:
+        cfg = self.cfg
         try:
-            r = await clients["local"].post(
+            r = await self.clients["local"].post(
                 f"{cfg.local_url}/chat/completions", json=local_request(cfg, body), headers=cfg.local_headers()
             )
         except httpx.HTTPError as e:
@@ -192,11 +181,12 @@ def build_app(cfg: CascadeSettings) -> FastAPI:
             raise OfframpError(f"local server answered HTTP {r.status_code}: {r.text[:300]}")
         return r.json()
 
-    async def ask_fallback(body: dict, stream: bool) -> httpx.Response | None:
+    async def ask_fallback(self, body: dict, stream: bool) -> httpx.Response | None:
         """The fallback's 200 reply (body read, or open for streaming), or None once retries or time ran out."""
+        cfg, failures = self.cfg, self.metrics.failures
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.fallback_timeout_s
-        client = clients["fallback"]
+        client = self.clients["fallback"]
         request = {**body, "model": cfg.fallback.model}
         tries = itertools.count(1)
 
@@ -237,29 +227,8 @@ def build_app(cfg: CascadeSettings) -> FastAPI:
         r = await retrying(attempt)
         return r if r is not None and r.status_code == 200 else None
 
-    @app.get("/health")
-    async def health() -> Response:
-        try:
-            r = await clients["local"].get(f"{cfg.local_url}/models", headers=cfg.local_headers(), timeout=5)
-            ok = r.status_code == 200
-        except httpx.HTTPError:
-            ok = False
-        return JSONResponse({"status": "ok" if ok else "local server down"}, status_code=200 if ok else 503)
-
-    @app.get("/v1/models")
-    async def models() -> dict:
-        meta = {"local": cfg.local_model, "fallback": cfg.fallback.model, "threshold": cfg.threshold}
-        return {
-            "object": "list",
-            "data": [{"id": "offramp-cascade", "object": "model", "owned_by": "offramp", "offramp": meta}],
-        }
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> Response:
+    async def chat(self, request: Request) -> Response:
+        cfg, routes = self.cfg, self.metrics.routes
         try:
             body = await request.json()
         except ValueError:
@@ -270,23 +239,22 @@ def build_app(cfg: CascadeSettings) -> FastAPI:
             return _error("the cascade routes one answer per request (n=1)", 400, "invalid_request_error")
         stream = bool(body.get("stream"))
         try:
-            local = await ask_local(body)
+            local = await self.ask_local(body)
             conf = answer_confidence(local["choices"][0])
         except (OfframpError, KeyError, IndexError, ValueError) as e:
             routes.labels("error").inc()
             return _error(f"offramp cascade: {e}", 502, headers={"x-offramp-route": "error"})
-        confidence.observe(conf)
+        self.metrics.confidence.observe(conf)
         headers = {"x-offramp-confidence": f"{conf:.6f}"}
         if conf >= cfg.threshold:
             return _answer(local, "local", f"local:{cfg.local_model}", body, headers, routes)
-        reply = await ask_fallback(body, stream)
+        reply = await self.ask_fallback(body, stream)
         if reply is None:
             return _answer(local, "degraded", f"local:{cfg.local_model}", body, headers, routes)
         routes.labels("fallback").inc()
         if stream:
-            model = f"fallback:{cfg.fallback.model}"
             return StreamingResponse(
-                _relay(reply, model),
+                _relay(reply, f"fallback:{cfg.fallback.model}"),
                 media_type="text/event-stream",
                 headers={**headers, "x-offramp-route": "fallback"},
                 background=BackgroundTask(reply.aclose),
@@ -295,6 +263,33 @@ def build_app(cfg: CascadeSettings) -> FastAPI:
         model = f"fallback:{payload.get('model') or cfg.fallback.model}"
         out = {**payload, "model": model, "offramp_route": "fallback"}
         return JSONResponse(out, headers={**headers, "x-offramp-route": "fallback"})
+
+    async def health(self) -> Response:
+        cfg = self.cfg
+        try:
+            r = await self.clients["local"].get(f"{cfg.local_url}/models", headers=cfg.local_headers(), timeout=5)
+            ok = r.status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        return JSONResponse({"status": "ok" if ok else "local server down"}, status_code=200 if ok else 503)
+
+
+def build_app(cfg: CascadeSettings) -> FastAPI:
+    metrics = CascadeMetrics(cfg.threshold)
+    cascade = Cascade(cfg, metrics)
+    app = FastAPI(title="offramp cascade", lifespan=cascade.lifespan)
+    app.add_middleware(RequireKey, key=cfg.local_api_key)  # every route but health and metrics
+    add_metrics(app, metrics.registry)
+    app.get("/health")(cascade.health)
+    app.post("/v1/chat/completions")(cascade.chat)
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        meta = {"local": cfg.local_model, "fallback": cfg.fallback.model, "threshold": cfg.threshold}
+        return {
+            "object": "list",
+            "data": [{"id": "offramp-cascade", "object": "model", "owned_by": "offramp", "offramp": meta}],
+        }
 
     return app
 
@@ -345,63 +340,19 @@ async def _as_sse(resp: dict, include_usage: bool) -> AsyncIterator[str]:
 
 async def _relay(reply: httpx.Response, model: str) -> AsyncIterator[str]:
     """The fallback's SSE stream passed through as it arrives, each chunk's `model` naming who answered."""
-    async for line in reply.aiter_lines():
-        data = line[5:].strip() if line.startswith("data:") else None
-        if data and data != "[DONE]":
-            with suppress(ValueError, TypeError):  # not JSON: pass it on unchanged
-                line = f"data: {json.dumps({**json.loads(data), 'model': model, 'offramp_route': 'fallback'})}"
-        yield line + "\n"
+    async for event in sse_events(reply.aiter_bytes()):
+        lines = event.decode("utf-8", "replace").splitlines(keepends=True)
+        for i, line in enumerate(lines):
+            data = line[5:].strip() if line.startswith("data:") else None
+            if data and data != "[DONE]":
+                with suppress(ValueError, TypeError):  # not JSON: pass it on unchanged
+                    chunk = {**json.loads(data), "model": model, "offramp_route": "fallback"}
+                    lines[i] = f"data: {json.dumps(chunk)}\n"
+        yield "".join(lines)
 
 
-class Router:
+class Router(AppServer):
     """The cascade app under uvicorn: `run()` in the foreground (the CLI), or `start()`/`stop()` in a thread."""
 
     def __init__(self, cfg: CascadeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
-        import uvicorn
-
-        self.host, self.port = host, port
-        config = uvicorn.Config(build_app(cfg), host=host, port=port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def run(self, keep_going: Callable[[], bool] | None = None, on_ready: Callable[[], None] | None = None) -> None:
-        """Serve in the foreground until Ctrl-C / SIGTERM, or until `keep_going()` turns false (checked every
-        second); `on_ready()` runs once the socket is listening."""
-
-        def watch() -> None:
-            while not self.server.started and not self.server.should_exit:
-                time.sleep(0.05)
-            if on_ready is not None and self.server.started:
-                on_ready()
-            while keep_going is not None and not self.server.should_exit:
-                if not keep_going():
-                    self.server.should_exit = True
-                time.sleep(1.0)
-
-        threading.Thread(target=watch, daemon=True).start()
-        self.server.run()
-
-    def start(self, timeout_s: float = 30.0) -> Router:
-        self._thread = threading.Thread(target=self.server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self.server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise OfframpError(f"the cascade router did not start on {self.host}:{self.port}")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        if self._thread:
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> Router:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(build_app(cfg), host, port, name="the cascade router")

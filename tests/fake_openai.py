@@ -7,7 +7,14 @@ Configurable per test (attributes may be changed while it runs):
 - `latency_s`: sleep before each answer (a slow or timing-out API);
 - `logprob`: the per-token logprob reported when the request asks for logprobs (float or callable(messages));
   None: never return logprobs (an endpoint that cannot be a cascade candidate);
-- `api_key`: when set, requests without `Authorization: Bearer <api_key>` get 401.
+- `api_key`: when set, requests without `Authorization: Bearer <api_key>` get 401;
+- `stream_style`: "compact" (default: the answer in one chunk, usage on the finishing chunk) or "openai" (as
+  OpenAI streams: a role chunk, one chunk per word, the finishing chunk, then a usage chunk with no choices only
+  when the request sets `stream_options.include_usage`);
+- `count_tokens`: callable(messages, answer) -> (prompt_tokens, completion_tokens) for chat usage, e.g. a real
+  tokenizer's counts (default: words, +4 per message);
+- `usage_details`: when set, a dict {"cached_tokens": N, "reasoning_tokens": M} reported in the usage details.
+Besides /v1/chat/completions it answers /v1/completions (`prompt` looked up in `answers` like a last user message).
 It honours vLLM's `structured_outputs: {"choice": [...]}` and OpenAI's `response_format` JSON schema with an enum,
 streams when asked (`stream: true`), and counts everything: `hits` per path, `statuses`, `requests` (bodies).
 
@@ -38,6 +45,9 @@ class FakeOpenAI:
         logprob: float | Callable[[list[dict]], float] | None = -0.05,
         model: str = "fake-model",
         api_key: str | None = None,
+        stream_style: str = "compact",
+        usage_details: dict[str, int] | None = None,
+        count_tokens: Callable[[list[dict], str], tuple[int, int]] | None = None,
     ) -> None:
         self.answers = answers or {}
         self.default = default
@@ -47,6 +57,9 @@ class FakeOpenAI:
         self.logprob = logprob
         self.model = model
         self.api_key = api_key
+        self.stream_style = stream_style
+        self.usage_details = usage_details
+        self.count_tokens = count_tokens
         self.hits: Counter[str] = Counter()
         self.statuses: list[int] = []
         self.requests: list[dict] = []
@@ -143,9 +156,12 @@ class FakeOpenAI:
             )
         if path == "/v1/models" and body is None:
             return self._send(h, 200, {"object": "list", "data": [{"id": self.model, "object": "model"}]})
-        if path != "/v1/chat/completions" or body is None:
+        if path not in ("/v1/chat/completions", "/v1/completions") or body is None:
             return self._send(h, 404, {"error": {"message": f"no route {h.command} {path}"}})
-        if body.get("__invalid__") or not isinstance(body.get("messages"), list):
+        text = path == "/v1/completions"
+        if text and (body.get("__invalid__") or not isinstance(body.get("prompt"), str)):
+            return self._send(h, 400, {"error": {"message": "prompt must be a string"}})
+        if not text and (body.get("__invalid__") or not isinstance(body.get("messages"), list)):
             return self._send(h, 400, {"error": {"message": "messages must be a list"}})
         with self.lock:
             status = self.schedule.pop(0) if self.schedule else 200
@@ -154,6 +170,8 @@ class FakeOpenAI:
         if status != 200:
             headers = {"retry-after": str(self.retry_after)} if status == 429 and self.retry_after is not None else {}
             return self._send(h, status, {"error": {"message": f"scheduled {status}", "type": "fake"}}, headers)
+        if text:
+            return self._complete(h, body)
         messages = body["messages"]
         content = self._constrain(self.answer_for(messages), body)
         prompt_tokens = sum(len(str(m.get("content", "")).split()) + 4 for m in messages)
@@ -168,12 +186,12 @@ class FakeOpenAI:
                     for tok in content.split() or [content]
                 ]
             }
-        usage = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
+        if self.count_tokens is not None:
+            prompt_tokens, completion_tokens = self.count_tokens(messages, content)
+        usage = self._usage(prompt_tokens, completion_tokens)
         model = body.get("model", self.model)
+        if body.get("stream") and self.stream_style == "openai":
+            return self._stream_openai(h, body, model, content, usage)
         if body.get("stream"):
             return self._stream(h, model, content, usage)
         self._send(
@@ -220,6 +238,53 @@ class FakeOpenAI:
         ]
         for c in chunks:
             h.wfile.write(f"data: {json.dumps(c)}\n\n".encode())
+        h.wfile.write(b"data: [DONE]\n\n")
+        with self.lock:
+            self.statuses.append(200)
+
+    def _usage(self, prompt_tokens: int, completion_tokens: int) -> dict:
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        if self.usage_details:
+            usage["prompt_tokens_details"] = {"cached_tokens": self.usage_details.get("cached_tokens", 0)}
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.usage_details.get("reasoning_tokens", 0)}
+        return usage
+
+    def _complete(self, h: BaseHTTPRequestHandler, body: dict) -> None:
+        """/v1/completions: the answer to `prompt`, as a text_completion."""
+        prompt = body["prompt"]
+        content = self.answer_for([{"role": "user", "content": prompt}])
+        usage = self._usage(len(prompt.split()), max(1, len(content.split())))
+        reply = {
+            "id": f"cmpl-fake-{len(self.statuses)}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model", self.model),
+            "choices": [{"index": 0, "text": content, "finish_reason": "stop", "logprobs": None}],
+            "usage": usage,
+        }
+        self._send(h, 200, reply)
+
+    def _stream_openai(self, h: BaseHTTPRequestHandler, body: dict, model: str, content: str, usage: dict) -> None:
+        h.send_response(200)
+        h.send_header("content-type", "text/event-stream")
+        h.end_headers()
+        base = {"id": "chatcmpl-fake-stream", "object": "chat.completion.chunk", "created": int(time.time())}
+        base["model"] = model
+        words = content.split(" ")
+        deltas = [{"role": "assistant", "content": ""}] + [
+            {"content": w if i == 0 else " " + w} for i, w in enumerate(words)
+        ]
+        chunks = [{**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+        chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append({**base, "choices": [], "usage": usage})
+        for c in chunks:
+            h.wfile.write(f"data: {json.dumps(c)}\n\n".encode())
+            h.wfile.flush()
         h.wfile.write(b"data: [DONE]\n\n")
         with self.lock:
             self.statuses.append(200)

