@@ -3,6 +3,8 @@ highest load that meets a latency SLO, read the prefix-cache hit rate from /metr
 
 The load comes from `vllm bench serve` (custom dataset: the user's prompts, rendered with the model's chat
 template here so system prompts, and with them prefix caching, are kept), never from a home-made generator.
+With `--traffic STORE[?tag=…]` the prompts are captured requests (their messages as the client sent them), each
+capped at its own max_tokens, or at the answer length the API returned when the request set none.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class BenchSettings:
     api_key_env: str | None = None
     seed: int = 0
     timeout_s: float = 3600.0
+    traffic: str | None = None  # STORE[?tag=…]: replay captured requests instead of `workload`
 
 
 # --- the endpoint ---------------------------------------------------------------------------------------------
@@ -153,32 +156,62 @@ def workload_messages(source: str, n: int) -> tuple[list[list[dict] | str], str]
     return prompts, f"{path.name} ({len(prompts)} prompts; chat records drop their final assistant answer)"
 
 
-def render_workload(source: str, n: int, tokenizer_ref: str, dest: Path) -> dict[str, Any]:
-    """Write vLLM bench's custom dataset (one {"prompt": text} per line, chat template applied) with exactly n lines."""
+def traffic_messages(spec: str) -> tuple[list[list[dict] | str], list[int | None], dict[str, Any]]:
+    """The captured requests of a traffic spec: prompts, their output caps (None: --output-len), provenance."""
+    from offramp.traffic.workload import replay_prompts
+
+    items, info = replay_prompts(spec)
+    return [i.get("messages") or i["prompt"] for i in items], [i["max_tokens"] for i in items], info
+
+
+def _render_chat(tok: Any, messages: list[dict], tokenizer_ref: str, i: int) -> str:
+    from jinja2 import TemplateError
+
+    try:
+        return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except (TemplateError, TypeError, ValueError, KeyError) as e:  # e.g. content parts a text template cannot take
+        raise OfframpError(
+            f"prompt {i + 1}: the chat template of {tokenizer_ref} cannot render its messages "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+
+
+def render_workload(s: BenchSettings, tokenizer_ref: str, dest: Path) -> dict[str, Any]:
+    """Write vLLM bench's custom dataset (one {"prompt": text} per line, chat template applied) with exactly
+    num_prompts lines; replayed traffic also gives each line its own "output_tokens" (the request's cap)."""
     from transformers import AutoTokenizer
 
-    prompts, description = workload_messages(source, n)
+    caps: list[int | None] = []
+    traffic: dict[str, Any] = {}
+    if s.traffic is not None:
+        prompts, caps, traffic = traffic_messages(s.traffic)
+        description = traffic["description"]
+    else:
+        prompts, description = workload_messages(s.workload, s.num_prompts)
     try:
         tok = AutoTokenizer.from_pretrained(tokenizer_ref)
     except Exception as e:  # transformers raises many types for a missing or broken tokenizer
         raise OfframpError(f"cannot load tokenizer {tokenizer_ref!r} ({type(e).__name__}); pass --tokenizer") from None
-    rendered = []
-    for i in range(n):  # cycle through the prompts when there are fewer than n
+    lines = []
+    for i in range(s.num_prompts):  # cycle through the prompts when there are fewer than n
         p = prompts[i % len(prompts)]
-        if not isinstance(p, str):
-            p = tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False)
-        rendered.append(p)
-    lens = [len(tok(text).input_ids) for text in rendered]
+        line: dict[str, Any] = {"prompt": p if isinstance(p, str) else _render_chat(tok, p, tokenizer_ref, i)}
+        if caps:
+            line["output_tokens"] = caps[i % len(caps)] or s.output_len
+        lines.append(line)
+    lens = [len(tok(line["prompt"]).input_ids) for line in lines]
     with open(dest, "w", encoding="utf-8") as f:
-        for text in rendered:
-            f.write(json.dumps({"prompt": text}, ensure_ascii=False) + "\n")
+        for line in lines:
+            f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    out = [line["output_tokens"] for line in lines if "output_tokens" in line]
     return {
-        "source": source,
+        "source": traffic.get("source", s.workload),
         "description": description,
         "distinct_prompts": len(prompts),
-        "requests_per_level": n,
+        "requests_per_level": s.num_prompts,
         "prompt_tokens_per_level": sum(lens),
         "prompt_tokens_mean": sum(lens) / len(lens),
+        **({"max_output_tokens_mean": sum(out) / len(out), "traffic": traffic} if traffic else {}),
         "sha256": hashlib.sha256(dest.read_bytes()).hexdigest(),
     }
 
@@ -189,7 +222,8 @@ def vllm_bench_argv(s: BenchSettings, base: str, model: str, tokenizer: str, dat
     argv = ["--backend", "openai", "--base-url", base, "--endpoint", "/v1/completions", "--model", model]
     argv += ["--tokenizer", tokenizer, "--dataset-name", "custom", "--dataset-path", str(dataset)]
     argv += ["--skip-chat-template", "--disable-shuffle", "--num-prompts", str(s.num_prompts)]
-    argv += ["--custom-output-len", str(s.output_len), "--temperature", "0", "--seed", str(s.seed)]
+    output_len = "-1" if s.traffic is not None else str(s.output_len)  # -1: each line's own output_tokens
+    argv += ["--custom-output-len", output_len, "--temperature", "0", "--seed", str(s.seed)]
     argv += ["--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99"]
     argv += ["--goodput", f"ttft:{ttft_ms:g}", f"tpot:{tpot_ms:g}", "--save-result", "--save-detailed"]
     argv += ["--disable-tqdm", "--label", "offramp"]
@@ -308,6 +342,90 @@ def knee(points: list[dict]) -> dict[str, Any]:
     }
 
 
+def check_settings(s: BenchSettings, split: str) -> None:
+    from offramp.serve.pricing import parse_split
+
+    parse_split(split)
+    if not s.concurrency or any(c < 1 for c in s.concurrency):
+        raise OfframpError("--concurrency takes positive integers, e.g. 1,4,8")
+    if s.num_prompts < 1 or s.output_len < 1:
+        raise OfframpError("--num-prompts and --output-len must be at least 1")
+
+
+def served_model(s: BenchSettings, base: str, info: dict[str, Any]) -> tuple[str, str | None, str]:
+    """(model benched, its root, tokenizer): the requested or first served model; an unserved one is an error."""
+    ids = [m["id"] for m in info["models"]]
+    model = s.model or ids[0]
+    if model not in ids:
+        raise OfframpError(f"endpoint {base} does not serve {model!r}; it serves: {', '.join(ids)}")
+    roots = {m["id"]: m.get("root") or m["id"] for m in info["models"]}
+    base_model = next((m for m in info["models"] if not m.get("parent")), info["models"][0])
+    return model, roots.get(model), s.tokenizer or base_model.get("root") or base_model["id"]
+
+
+def measure_points(s: BenchSettings, base: str, model: str, tokenizer: str, raw: Path) -> tuple[dict, list[dict]]:
+    """Render the load, sweep it, and read each level's result: (workload description, load points)."""
+    dataset = raw / "workload.jsonl"
+    workload = render_workload(s, tokenizer, dataset)
+    s.concurrency = sorted(set(s.concurrency))
+    run_sweep(s, base, model, tokenizer, dataset, raw)
+    points = []
+    for c in s.concurrency:
+        result = json.loads((raw / f"c{c}.json").read_text())
+        if result.get("failed") or not result.get("completed"):
+            raise OfframpError(
+                f"{result.get('failed')} of {s.num_prompts} requests failed at concurrency {c}"
+                f"{_health_note(base)}; no report written; first error: {_first_error(result)}"
+            )
+        points.append(load_point(s, c, result, json.loads((raw / f"c{c}.metrics.json").read_text())))
+    return workload, points
+
+
+def price_points(points: list[dict], price: dict | None, utilisation: float, split: str) -> tuple[dict | None, Any]:
+    """(the sustainable point, its $ per 1M tokens at the host price, or why there is none)."""
+    from offramp.serve.pricing import cost_per_million
+
+    meeting = [p for p in points if p["meets_slo"]]
+    sustainable = max(meeting, key=lambda p: p["concurrency"]) if meeting else None
+    if price and sustainable:
+        return sustainable, cost_per_million(sustainable, price, utilisation=utilisation, split=split)
+    if price:
+        return sustainable, {"error": "no load level met the SLO: nothing sustainable to price", "host_price": price}
+    return sustainable, None
+
+
+def _settings_section(s: BenchSettings, tokenizer: str) -> dict[str, Any]:
+    return {
+        "concurrency": s.concurrency,
+        "num_prompts": s.num_prompts,
+        "max_output_tokens": s.output_len if s.traffic is None else "per request (the captured request's cap)",
+        "ignore_eos": s.ignore_eos,
+        "temperature": 0,
+        "endpoint_path": "/v1/completions (prompts rendered with the model's chat template)",
+        "structured_choice": (
+            {"labels": len(s.structured_choice), "source": s.structured_choice_source} if s.structured_choice else None
+        ),
+        "tokenizer": tokenizer,
+        "api_key_env": s.api_key_env,
+        "load_generator": f"vllm bench serve (vLLM {_local_vllm_version()}), custom dataset",
+    }
+
+
+def _server_section(base: str, info: dict[str, Any]) -> dict[str, Any]:
+    loopback = urlparse(base).hostname in LOOPBACK
+    return {
+        "vllm_version": info["vllm_version"],
+        "models": [m["id"] for m in info["models"]],
+        "loopback": loopback,
+        "hardware": hardware_info() if loopback else None,
+        "note": (
+            "server and load generator share this host (hardware above); the client takes CPU from the server"
+            if loopback
+            else "remote endpoint: the top-level hardware is the client's, not the server's"
+        ),
+    }
+
+
 def run_bench(
     s: BenchSettings,
     out: Path,
@@ -320,50 +438,19 @@ def run_bench(
     """Run the sweep and write `out/bench_report.json` (+ vLLM's raw results) atomically; return the report."""
     from offramp.artifacts import BenchReport
     from offramp.reports import write_report
-    from offramp.serve.pricing import cost_per_million, parse_split
 
-    parse_split(split)
-    if not s.concurrency or any(c < 1 for c in s.concurrency):
-        raise OfframpError("--concurrency takes positive integers, e.g. 1,4,8")
-    if s.num_prompts < 1 or s.output_len < 1:
-        raise OfframpError("--num-prompts and --output-len must be at least 1")
+    check_settings(s, split)
     base = normalise_endpoint(s.endpoint)
     info = endpoint_info(base, s.api_key)
-    ids = [m["id"] for m in info["models"]]
-    model = s.model or ids[0]
-    if model not in ids:
-        raise OfframpError(f"endpoint {base} does not serve {model!r}; it serves: {', '.join(ids)}")
-    roots = {m["id"]: m.get("root") or m["id"] for m in info["models"]}
-    base_model = next((m for m in info["models"] if not m.get("parent")), info["models"][0])
-    tokenizer = s.tokenizer or base_model.get("root") or base_model["id"]
+    model, root, tokenizer = served_model(s, base, info)
     with atomic_dir(Path(out), overwrite=True, force=force) as tmp:
         raw = tmp / "raw"
         raw.mkdir()
-        dataset = raw / "workload.jsonl"
-        workload = render_workload(s.workload, s.num_prompts, tokenizer, dataset)
-        s.concurrency = sorted(set(s.concurrency))
-        run_sweep(s, base, model, tokenizer, dataset, raw)
-        points = []
-        for c in s.concurrency:
-            result = json.loads((raw / f"c{c}.json").read_text())
-            if result.get("failed") or not result.get("completed"):
-                raise OfframpError(
-                    f"{result.get('failed')} of {s.num_prompts} requests failed at concurrency {c}"
-                    f"{_health_note(base)}; no report written; first error: {_first_error(result)}"
-                )
-            points.append(load_point(s, c, result, json.loads((raw / f"c{c}.metrics.json").read_text())))
-        meeting = [p for p in points if p["meets_slo"]]
-        sustainable = max(meeting, key=lambda p: p["concurrency"]) if meeting else None
-        total = {k: sum(p["server_counted"][k] for p in points) for k in ("prompt_tokens", "generation_tokens")}
-        cost = None
-        if price and sustainable:
-            cost = cost_per_million(sustainable, price, utilisation=utilisation, split=split)
-        elif price:
-            cost = {"error": "no load level met the SLO: nothing sustainable to price", "host_price": price}
-        loopback = urlparse(base).hostname in LOOPBACK
+        workload, points = measure_points(s, base, model, tokenizer, raw)
+        sustainable, cost = price_points(points, price, utilisation, split)
         body = {
             "model": model,
-            "model_root": roots.get(model),
+            "model_root": root,
             "endpoint": base,
             "slo": {"p99_ttft_s": s.slo_p99_ttft_s, "p99_tpot_ms": s.slo_p99_tpot_ms},
             "points": points,
@@ -371,37 +458,15 @@ def run_bench(
             "knee": knee(points),
             "prefix_cache_hit_rate": _overall_hit_rate(points),
             "workload": workload,
-            "settings": {
-                "concurrency": s.concurrency,
-                "num_prompts": s.num_prompts,
-                "max_output_tokens": s.output_len,
-                "ignore_eos": s.ignore_eos,
-                "temperature": 0,
-                "endpoint_path": "/v1/completions (prompts rendered with the model's chat template)",
-                "structured_choice": (
-                    {"labels": len(s.structured_choice), "source": s.structured_choice_source}
-                    if s.structured_choice
-                    else None
-                ),
-                "tokenizer": tokenizer,
-                "api_key_env": s.api_key_env,
-                "load_generator": f"vllm bench serve (vLLM {_local_vllm_version()}), custom dataset",
+            "settings": _settings_section(s, tokenizer),
+            "server": _server_section(base, info),
+            "server_counted_totals": {
+                k: sum(p["server_counted"][k] for p in points) for k in ("prompt_tokens", "generation_tokens")
             },
-            "server": {
-                "vllm_version": info["vllm_version"],
-                "models": ids,
-                "loopback": loopback,
-                "hardware": hardware_info() if loopback else None,
-                "note": (
-                    "server and load generator share this host (hardware above); the client takes CPU from the server"
-                    if loopback
-                    else "remote endpoint: the top-level hardware is the client's, not the server's"
-                ),
-            },
-            "server_counted_totals": total,
             "cost": cost,
             "provenance": {
-                "points": "measured here with vllm bench serve",
+                "points": "measured here with vllm bench serve"
+                + (f", replaying {workload['source']}" if s.traffic else ""),
                 "prefix_cache_hit_rate": "measured: server /metrics, hits / queries over the whole sweep",
                 "host_price": price.get("source") if price else None,
             },

@@ -270,7 +270,12 @@ def _bench(
     endpoint: Annotated[
         str, typer.Argument(help="base URL of an OpenAI-compatible vLLM server, e.g. http://127.0.0.1:8000")
     ],
-    workload: Annotated[str, typer.Option(help="banking77, or a JSONL file of chat records or {'prompt': …} lines")],
+    workload: Annotated[
+        str | None, typer.Option(help="banking77, or a JSONL file of chat records or {'prompt': …} lines")
+    ] = None,
+    traffic: Annotated[
+        str | None, typer.Option(help="or: STORE[?tag=T&model=M&since=ISO&until=ISO]: replay captured requests")
+    ] = None,
     concurrency: Annotated[str, typer.Option(help="comma-separated concurrency levels to sweep")] = "1,4,8",
     num_prompts: Annotated[int, typer.Option(help="requests per level")] = 32,
     output_len: Annotated[int, typer.Option(help="max tokens per answer")] = 64,
@@ -291,7 +296,10 @@ def _bench(
     timeout_s: Annotated[float, typer.Option(help="give up on the whole sweep after this many seconds")] = 3600.0,
     force: Annotated[bool, typer.Option(help="replace --out even if offramp did not write it")] = False,
 ) -> None:
-    """Sweep load with vLLM's own `vllm bench serve`; find the highest load meeting the SLO; $ per 1M tokens."""
+    """Sweep load with vLLM's own `vllm bench serve`; find the highest load meeting the SLO; $ per 1M tokens.
+
+    The load is --workload's prompts, or with --traffic the requests captured in a traffic store (oldest first,
+    cycled to --num-prompts), each capped at its own max_tokens (else the answer length the API returned)."""
     from offramp.data import label_list
     from offramp.paths import check_out
     from offramp.serve.bench import BenchSettings, normalise_endpoint
@@ -307,8 +315,7 @@ def _bench(
     price = host_price(host, host_price_per_hour)
     key = api_key_from_env(api_key)
     choices = label_list(structured_choice, "--structured-choice") if structured_choice else None
-    if workload != "banking77" and not Path(workload).is_file():
-        raise OfframpError(f"--workload {workload}: no such file (a JSONL file, or banking77)")
+    _check_load(workload, traffic)
     if out is not None:
         check_out(out, force=force)
     from offramp.envs import require_env
@@ -318,7 +325,8 @@ def _bench(
 
     settings = BenchSettings(
         endpoint=endpoint,
-        workload=workload,
+        workload=workload or "",
+        traffic=traffic,
         concurrency=levels,
         num_prompts=num_prompts,
         output_len=output_len,
@@ -336,6 +344,18 @@ def _bench(
     out = out or default_out_dir()
     report = run_bench(settings, out, price=price, utilisation=utilisation, split=cost_split, force=force)
     _print_summary(report, out)
+
+
+def _check_load(workload: str | None, traffic: str | None) -> None:
+    """Exactly one load: a prompt file (or banking77), or captured traffic whose window holds requests."""
+    if (workload is None) == (traffic is None):
+        raise OfframpError("give the load: --workload FILE (or banking77), or --traffic STORE[?tag=…]; not both")
+    if traffic is not None:
+        from offramp.traffic.workload import replay_prompts
+
+        replay_prompts(traffic)  # a bad spec, store or empty window fails here, before the runtime env starts
+    elif workload != "banking77" and not Path(workload).is_file():
+        raise OfframpError(f"--workload {workload}: no such file (a JSONL file, or banking77)")
 
 
 def _print_summary(report: dict, out: Path) -> None:

@@ -67,8 +67,10 @@ def test_writes_report_and_plot(cli, tmp_path):
                           "--escalation-share", "0.25"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["breakeven.png", "breakeven_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["breakeven.html", "breakeven.png", "breakeven_report.json"]
     assert (out / "breakeven.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "breakeven.html").read_text()
+    assert "NEEDS-EVAL" in page and "break-even volume" in page and "data:image/png;base64," in page
     report = json.loads((out / "breakeven_report.json").read_text())
     assert (report["stage"], report["plot"], report["model"]) == ("breakeven", "breakeven.png", "smollm2-135m-instruct")
     # 256 × input + 64 × output per 1M, × 1M requests

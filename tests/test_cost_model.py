@@ -223,3 +223,21 @@ def test_bad_load_point_is_an_error():
         capacity_from_point(point(), output_weight=0)
     with pytest.raises(OfframpError, match="TTFT"):
         capacity_from_point(point(ttft_ms={"p99": 1.0}))
+
+
+@pytest.mark.parametrize(
+    ("hosting", "message"),
+    [
+        ({"deployment": "sometimes"}, "unknown deployment 'sometimes'"),
+        ({"autoscale_utilisation": 0.0}, "autoscale utilisation must be in (0, 1]"),
+        ({"target_utilisation": 1.5}, "target utilisation must be in (0, 1]"),
+    ],
+)
+def test_self_hosted_cost_and_break_even_check_hosting_alike(hosting, message):
+    w, cap = workload(), ten_to_one()
+    with pytest.raises(OfframpError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        self_hosted_cost(w, cap, 3.6, **hosting)
+    with pytest.raises(OfframpError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        break_even(w, api_cost(w, price()), cap, 3.6, **hosting)
+    with pytest.raises(TypeError):  # a misspelt hosting option is an error, not a silent default
+        self_hosted_cost(w, cap, 3.6, deploymnet="always-on")

@@ -2,8 +2,10 @@
 
 Python API (used by serve/, the pipeline report and the cascade):
 - `offramp.cost.prices.load_catalogue([user.yaml])` → `.api_price(name)`, `.host_price(name)`
-- `offramp.cost.model`: `api_cost`, `capacity_from_point`, `self_hosted_cost`
+- `offramp.cost.model`: `api_cost`, `capacity_from_point`, `self_hosted_cost`; `Hosting` (the keyword arguments
+  `self_hosted_cost` and `break_even` share: deployment, utilisations, spares, billing unit, fixed costs)
 - `offramp.cost.breakeven`: `break_even`, `payback_months`, `cascade_cost`
+- `offramp.traffic.workload`: the workload measured from captured traffic (`offramp breakeven --traffic`)
 - `offramp.cost.report.analyse(Inputs(...))` → the body of breakeven_report.json
 """
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from offramp.cost.model import (
     HOURS_PER_MONTH,
     SECONDS_PER_MONTH,
-    TARGET_UTILISATION,
     ApiCost,
     Capacity,
-    Deployment,
+    Hosting,
     SelfHostedCost,
     _AsDict,
-    _check_hosting,
     api_cost,
     self_hosted_cost,
 )
@@ -65,16 +64,9 @@ def break_even(
     cap: Capacity,
     price_per_hour: float,
     *,
-    deployment: Deployment = "always-on",
-    autoscale_utilisation: float = 0.7,
-    target_utilisation: float = TARGET_UTILISATION,
-    spare_replicas: int = 0,
-    billing_unit: int = 1,
-    committed: bool = False,
-    one_off_monthly: float = 0.0,
-    operations_monthly: float = 0.0,
     escalation_share: float = 0.0,
     local_sees_every_request: bool = True,
+    **hosting: Any,
 ) -> BreakEven:
     """Monthly volume where self-hosted (host + amortised one-offs + operations) costs no more than the API.
 
@@ -83,11 +75,12 @@ def break_even(
     is sold in included); scale-to-zero also pays busy hours / autoscale utilisation when that is less, unless
     the price is committed (reserved). With `escalation_share` e (a cascade) the API still answers e of the
     requests; the local model sees every request (or only the kept 1 − e when `local_sees_every_request` is
-    False).
+    False). `hosting`: the fields of `Hosting`, as for `self_hosted_cost`.
     """
     if not 0 <= escalation_share <= 1:
         raise OfframpError(f"escalation share must be in [0, 1], got {escalation_share}")
-    _check_hosting(deployment, autoscale_utilisation, target_utilisation)
+    hs = Hosting(**hosting)
+    unit = hs.billing_unit
     k = 1.0 if local_sees_every_request else 1 - escalation_share  # local volume per request
     if k <= 0:
         return BreakEven(None, None, True, None, "every request is escalated: nothing is served locally")
@@ -96,13 +89,13 @@ def break_even(
     if a <= 0:
         return BreakEven(None, None, True, None, "nothing to save: the API costs nothing for the requests kept local")
     needed = full_load / a
-    fixed = one_off_monthly + operations_monthly
+    fixed = hs.one_off_monthly + hs.operations_monthly
     h = price_per_hour * HOURS_PER_MONTH
-    m = cap.requests_per_s(w) * target_utilisation * SECONDS_PER_MONTH / w.peak_to_average
-    crossings = [_step_crossing(a, h, m, fixed, billing_unit, spare_replicas)]
-    scaling = deployment == "scale-to-zero" and not committed
+    m = cap.requests_per_s(w) * hs.target_utilisation * SECONDS_PER_MONTH / w.peak_to_average
+    crossings = [_step_crossing(a, h, m, fixed, unit, hs.spare_replicas)]
+    scaling = hs.scales_to_zero
     if scaling:  # paid hours = min(replicas × 730, busy / utilisation × unit): the linear part
-        per_request = full_load / autoscale_utilisation * billing_unit
+        per_request = full_load / hs.autoscale_utilisation * unit
         if a > per_request or (a == per_request and fixed == 0):
             linear = fixed / (a - per_request) if a > per_request else 0.0
             crossings.append((linear, linear))
@@ -110,11 +103,11 @@ def break_even(
     if not found:
         why = (
             f"one replica costs ${h:,.2f}/month and carries at most {m:,.0f} requests/month at "
-            f"{target_utilisation:.0%} of its SLO load and peak/average {w.peak_to_average:g}; the API charges "
+            f"{hs.target_utilisation:.0%} of its SLO load and peak/average {w.peak_to_average:g}; the API charges "
             f"${a * m:,.2f} for those"
         )
         if scaling:
-            why += f"; scale-to-zero at {autoscale_utilisation:.0%} utilisation costs ${per_request:.3g}/request"
+            why += f"; scale-to-zero at {hs.autoscale_utilisation:.0%} utilisation costs ${per_request:.3g}/request"
         if fixed > 0 and a * m >= h:
             why += f", which never recovers the fixed ${fixed:,.2f}/month (one-offs amortised + operations)"
         return BreakEven(None, None, True, needed, f"the API is cheaper at every volume: {why}")

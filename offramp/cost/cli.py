@@ -16,7 +16,7 @@ Opt = typer.Option
 
 
 def _load_inputs(
-    api: str,
+    api: str | None,
     bench: Path,
     host: str | None,
     host_price_per_hour: float | None,
@@ -41,6 +41,9 @@ def _load_inputs(
 
     _check_options(options)
     catalogue = load_catalogue(prices)
+    traffic = options.pop("traffic")
+    if traffic is not None:
+        api, options["traffic"] = _traffic_api(traffic, api, catalogue)
     api_price = catalogue.api_price(api, allow_retired=options.pop("allow_retired"))
     if (host is None) == (host_price_per_hour is None):
         raise OfframpError("give exactly one of --host NAME or --host-price-per-hour USD")
@@ -83,6 +86,54 @@ def _load_inputs(
     )
 
 
+def _traffic_fields(flags: dict[str, Any], traffic) -> tuple[dict[str, Any], dict[str, str]]:
+    """The workload fields measured from the traffic, each flag given alongside overriding its one figure.
+    Returns the fields (with their provenance) and, per overridden figure, what the report says about it."""
+    fields, provenance, overridden = dict(flags), {}, {}
+    for key, value in traffic.fields.items():
+        if flags.get(key) is not None:
+            overridden[key] = (
+                f"stated by the user (--{key.replace('_', '-')} {flags[key]:g}) over the measured {value:.4g}"
+            )
+            continue
+        fields[key] = value
+        provenance[key] = traffic.provenance[key]
+    if fields.get("requests_per_month") is None:
+        raise OfframpError(
+            f"--traffic {traffic.spec.text}: none of the {traffic.calls:,} calls has a known time (imported "
+            "without timestamps), so the volume cannot be extrapolated: pass --requests-per-month"
+        )
+    if fields.get("input_tokens") is None or fields.get("output_tokens") is None:
+        raise OfframpError(
+            f"--traffic {traffic.spec.text}: the calls report no token usage: pass --input-tokens and --output-tokens"
+        )
+    for key, source in (
+        ("input_tokens", "token_source"), ("api_input_tokens", "api_token_source"),
+        ("reasoning_tokens", "reasoning_source"),
+    ):  # fmt: skip
+        if key in provenance:
+            fields[source] = provenance[key]
+    return {**fields, "provenance": provenance}, overridden
+
+
+def _traffic_api(traffic: dict[str, Any], api: str | None, catalogue) -> tuple[str, dict[str, Any]]:
+    """The API priced (the catalogue model the traffic used, unless --api names one) and the report's section."""
+    from offramp.traffic.workload import api_model
+
+    measured, overridden = traffic["measured"], traffic["overridden"]
+    section = {**measured.section(), "overridden": overridden}
+    stated = ["--" + k.replace("_", "-") for k in overridden]
+    section["warnings"] = [w for w in section["warnings"] if not any(f"pass {flag}" in w for flag in stated)]
+    if api is None:
+        api = api_model(measured, catalogue)
+        section["api"] = f"{api}: the catalogue price of the model the traffic used"
+    else:
+        section["api"] = f"{api}: stated by the user (--api); the traffic's calls were of " + ", ".join(
+            f"{m} ({n:,})" for m, n in measured.models.items()
+        )
+    return api, section
+
+
 def _check_options(options: dict[str, Any]) -> None:
     from offramp.cost.model import DEPLOYMENTS
 
@@ -113,6 +164,23 @@ def _measure_prompts(fields: dict[str, Any], prompts: Path | None, api_prompts: 
         fields.update(measured)
         if fields.get("cached_input_share") is None:  # a prefix every call repeats is what the cache reuses
             fields["cached_input_share"] = shared
+
+
+def _measure_traffic(
+    spec: str | None, flags: dict[str, Any], api: str | None, *conflicting: Path | None
+) -> dict[str, Any] | None:
+    """With --traffic: the measured workload; without it, --api is required."""
+    if spec is None:
+        if api is None:
+            raise OfframpError("give --api NAME (the API to price), or --traffic STORE to price the API it used")
+        return None
+    if any(c is not None for c in conflicting):
+        raise OfframpError("--traffic measures the workload: give it without --workload, --prompts or --api-prompts")
+    from offramp.traffic.workload import load
+
+    measured = load(spec)
+    fields, overridden = _traffic_fields(flags, measured)
+    return {"measured": measured, "fields": fields, "overridden": overridden}
 
 
 def _finetune_one_off(finetune: Path) -> dict[str, Any]:
@@ -151,6 +219,7 @@ def _bench_tokens(bench, path: Path) -> dict[str, Any]:
 
 
 def _write_outputs(out: Path, inp, body: dict) -> tuple[Path, Path]:
+    from offramp.cost.html import render as render_html
     from offramp.cost.model import capacity_from_point
     from offramp.cost.plot import cost_curves, plot_breakeven, volume_range
     from offramp.cost.report import hosting, lowest_load, sustainable_point
@@ -180,18 +249,25 @@ def _write_outputs(out: Path, inp, body: dict) -> tuple[Path, Path]:
             crossing=crossing,
             workload_volume=inp.workload.requests_per_month,
         )
+        page = out / f".breakeven.html.tmp-{os.getpid()}"
+        page.write_text(render_html(body, tmp), encoding="utf-8")
         write_report(report, "breakeven", {**body, "plot": png.name})
         os.replace(tmp, png)
+        os.replace(page, out / "breakeven.html")
     except OSError as e:
         raise OfframpError(f"{out}: cannot write the report ({e.strerror or e})") from None
     finally:
         tmp.unlink(missing_ok=True)
+        (out / f".breakeven.html.tmp-{os.getpid()}").unlink(missing_ok=True)
     return report, png
 
 
 def breakeven(
-    api: Annotated[str, Opt(help="API model from the price catalogue, e.g. gpt-4o-mini")],
     bench: Annotated[Path, Opt(help="bench_report.json of the self-hosted model")],
+    api: Annotated[str | None, Opt(help="API model from the price catalogue (default: the --traffic's)")] = None,
+    traffic: Annotated[
+        str | None, Opt(help="STORE[?tag=T&model=M&since=ISO&until=ISO]: the workload measured from captured calls")
+    ] = None,
     host: Annotated[str | None, Opt(help="host from the price catalogue, e.g. aws-g6-xlarge")] = None,
     host_price_per_hour: Annotated[float | None, Opt(help="or: the host's price in USD/hour")] = None,
     pricing: Annotated[str, Opt(help="on_demand, spot or reserved_1y")] = "on_demand",
@@ -251,17 +327,20 @@ def breakeven(
         "eval_usd": eval_spend, "engineering_hours": eng_hours, "engineering_rate_usd": eng_rate,
         "amortise_months": amortise_months,
     }  # fmt: skip
+    traffic_inputs = _measure_traffic(traffic, fields, api, workload, prompts, api_prompts)
+    if traffic_inputs is not None:
+        fields = traffic_inputs["fields"]
     inp = _load_inputs(
         api, bench, host, host_price_per_hour, prices, pricing, model, fields, workload, prompts, api_prompts,
         eval_report, finetune, one_off, deployment=deployment, autoscale_utilisation=autoscale_utilisation,
         target_utilisation=target_utilisation, spare_replicas=int(n_plus_one), allow_retired=allow_retired,
         operations={"hours_per_month": ops_hours_per_month, "rate_usd": ops_rate},
-        output_weight=output_weight, escalation_share=escalation_share,
+        output_weight=output_weight, escalation_share=escalation_share, traffic=traffic_inputs,
     )  # fmt: skip
     body = analyse(inp)
     report, png = _write_outputs(out, inp, body)
     print_summary(inp, body)
-    typer.echo(f"wrote {report} and {png}")
+    typer.echo(f"wrote {report}, {png} and {out / 'breakeven.html'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from offramp.artifacts import LoadPoint
 from offramp.cost.prices import ApiPrice
@@ -225,7 +225,7 @@ def bench_range_warnings(w: Workload, points: list[LoadPoint], factor: float = 2
             warnings.append(
                 f"the workload's {mine:,.0f} {what} tokens/request lie outside what the bench measured "
                 f"({lo:,.0f}–{hi:,.0f}): capacity is extrapolated from per-token rates; bench with prompts like "
-                "the workload's (offramp bench --prompts) before trusting it"
+                "the workload's (offramp bench --workload FILE, or --traffic STORE) before trusting it"
             )
     return warnings
 
@@ -255,44 +255,51 @@ class SelfHostedCost(_AsDict):
     floor_per_1m_output_usd: float
 
 
-def _check_hosting(deployment: str, autoscale_utilisation: float, target_utilisation: float) -> None:
-    if deployment not in DEPLOYMENTS:
-        raise OfframpError(f"unknown deployment {deployment!r}; use {' or '.join(DEPLOYMENTS)}")
-    if not 0 < autoscale_utilisation <= 1:
-        raise OfframpError(f"autoscale utilisation must be in (0, 1], got {autoscale_utilisation}")
-    if not 0 < target_utilisation <= 1:
-        raise OfframpError(f"target utilisation must be in (0, 1], got {target_utilisation}")
+@dataclass(frozen=True)
+class Hosting:
+    """How the self-hosted side is run and paid: the keyword arguments of `self_hosted_cost` and `break_even`."""
+
+    deployment: Deployment = "always-on"
+    autoscale_utilisation: float = 0.7  # busy share of paid hours when scaling to zero
+    target_utilisation: float = TARGET_UTILISATION
+    spare_replicas: int = 0
+    billing_unit: int = 1  # the host is sold in multiples of this many replicas
+    committed: bool = False  # a reserved price: every hour is paid, busy or not
+    one_off_monthly: float = 0.0
+    operations_monthly: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.deployment not in DEPLOYMENTS:
+            raise OfframpError(f"unknown deployment {self.deployment!r}; use {' or '.join(DEPLOYMENTS)}")
+        if not 0 < self.autoscale_utilisation <= 1:
+            raise OfframpError(f"autoscale utilisation must be in (0, 1], got {self.autoscale_utilisation}")
+        if not 0 < self.target_utilisation <= 1:
+            raise OfframpError(f"target utilisation must be in (0, 1], got {self.target_utilisation}")
+
+    @property
+    def scales_to_zero(self) -> bool:
+        """Paid by busy hours (scale-to-zero on an uncommitted price), not by replicas × 730 h."""
+        return self.deployment == "scale-to-zero" and not self.committed
 
 
-def self_hosted_cost(
-    w: Workload,
-    cap: Capacity,
-    price_per_hour: float,
-    *,
-    deployment: Deployment = "always-on",
-    autoscale_utilisation: float = 0.7,
-    target_utilisation: float = TARGET_UTILISATION,
-    spare_replicas: int = 0,
-    billing_unit: int = 1,
-    committed: bool = False,
-    one_off_monthly: float = 0.0,
-    operations_monthly: float = 0.0,
-) -> SelfHostedCost:
+def self_hosted_cost(w: Workload, cap: Capacity, price_per_hour: float, **hosting: Any) -> SelfHostedCost:
     """Replicas to carry the peak at the target utilisation (+ spares), rounded up to the unit the host is sold
     in. Paid: every hour of every replica (always-on, or any committed/reserved price), or with scale-to-zero
-    busy hours / autoscale utilisation when that is less (an instance sold whole is paid whole while up)."""
-    _check_hosting(deployment, autoscale_utilisation, target_utilisation)
+    busy hours / autoscale utilisation when that is less (an instance sold whole is paid whole while up).
+    `hosting`: the fields of `Hosting`."""
+    h = Hosting(**hosting)
+    deployment, target_utilisation, billing_unit = h.deployment, h.target_utilisation, h.billing_unit
     r = w.requests_per_month
     cap_rps = cap.requests_per_s(w)
     peak_rps = r / SECONDS_PER_MONTH * w.peak_to_average
     # the tolerance keeps float noise (2.0000000001) from buying a third replica; any traffic still needs one
     needed = max(1, math.ceil(peak_rps / (cap_rps * target_utilisation) - 1e-9)) if r > 0 else 0
-    spare = spare_replicas if r > 0 else 0
+    spare = h.spare_replicas if r > 0 else 0
     replicas = math.ceil((needed + spare) / billing_unit) * billing_unit
     busy = r * cap.seconds_per_request(w) / 3600
     paid = replicas * HOURS_PER_MONTH
-    if deployment == "scale-to-zero" and not committed:
-        paid = min(paid, busy / autoscale_utilisation * billing_unit)
+    if h.scales_to_zero:
+        paid = min(paid, busy / h.autoscale_utilisation * billing_unit)
     host = paid * price_per_hour
     share = cap.input_cost_share(w)
     per_sec = price_per_hour / 3600
@@ -309,9 +316,9 @@ def self_hosted_cost(
         paid_hours=paid,
         utilisation=busy / paid if paid > 0 else None,
         host_monthly_usd=host,
-        one_off_monthly_usd=one_off_monthly,
-        operations_monthly_usd=operations_monthly,
-        monthly_usd=host + one_off_monthly + operations_monthly,
+        one_off_monthly_usd=h.one_off_monthly,
+        operations_monthly_usd=h.operations_monthly,
+        monthly_usd=host + h.one_off_monthly + h.operations_monthly,
         input_cost_share=share,
         per_request_usd=host / r if r > 0 else None,
         per_1m_input_usd=host * share / (r * w.input_tokens) * 1e6 if r > 0 else None,

@@ -106,6 +106,7 @@ class Inputs:
     one_off: OneOff = field(default_factory=OneOff)
     eval: EvalReport | None = None
     escalation_share: float | None = None  # price a cascade too: this share of requests still goes to the API
+    traffic: dict[str, Any] | None = None  # the captured traffic the workload was measured from (--traffic)
 
 
 def hosting(inp: Inputs) -> dict[str, Any]:
@@ -130,6 +131,8 @@ def warnings(inp: Inputs, point: LoadPoint | None) -> list[str]:
             f"{inp.api_name} bills hidden reasoning tokens as output, and none were counted "
             f"({inp.workload.reasoning_source}): the API's cost is understated; pass --reasoning-tokens"
         )
+    if inp.traffic is not None:
+        found += inp.traffic["warnings"]
     if inp.workload.api_input_tokens is None:
         found.append(
             "the API is priced on the local model's prompt; an API call usually carries more (label list, "
@@ -219,6 +222,7 @@ def analyse(inp: Inputs) -> dict[str, Any]:
             "sold_in_multiples_of": inp.host.sold_in_multiples_of,
         },
         "workload": {**w.model_dump(), "hours_per_month": HOURS_PER_MONTH},
+        **({"traffic": inp.traffic} if inp.traffic is not None else {}),
         "assumptions": assumptions(inp),
         "warnings": warnings(inp, point),
         "bench": {"path": str(inp.bench_path), "model": bench.model, "hardware": bench.hardware, "slo": bench.slo},

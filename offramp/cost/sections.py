@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from offramp.artifacts import LoadPoint
 from offramp.cost.model import ApiCost, Capacity, SelfHostedCost
 from offramp.cost.prices import ApiPrice, HostPrice
+from offramp.cost.workload import Workload
 from offramp.reports import list_price, measured
 
 if TYPE_CHECKING:
@@ -36,17 +37,33 @@ def price_record(value: float, unit: str, entry: ApiPrice | HostPrice) -> dict[s
     return {**list_price(value, unit, entry.date, entry.source), "verified": entry.verified}
 
 
+def _workload_figure(w: Workload, key: str, unit: str) -> dict[str, Any]:
+    """A workload figure: measured from captured traffic (its provenance says from which calls) or stated."""
+    if key in w.provenance:
+        return {"value": getattr(w, key), "unit": unit, "source": "traffic", "from": w.provenance[key]}
+    return {"value": getattr(w, key), "unit": unit, "source": "user"}
+
+
 def summary(inp: Inputs, body: dict[str, Any]) -> dict[str, Any]:
     """The headline figures, flat, each with its provenance (the pipeline report shows this table)."""
     api, be, w = body["api"]["cost"], body["break_even"], inp.workload
     listed = {"date": inp.api_price.date, "reference": inp.api_price.source, "verified": inp.api_price.verified}
     head = {
         "verdict": body["decision"]["verdict"],
-        "requests_per_month": {"value": w.requests_per_month, "unit": "requests/month", "source": "user"},
+        "requests_per_month": _workload_figure(w, "requests_per_month", "requests/month"),
+        "peak_to_average": _workload_figure(w, "peak_to_average", "peak / average request rate"),
         "api_input_tokens": computed(api["input_tokens"]["value"], "tokens/request", body["api"]["prompt"]["source"]),
         "api_monthly_usd": {**api["monthly_usd"], **listed},
         "api_per_1m_tokens_usd": {**api["per_1m_tokens_usd"], **listed},
     }
+    if (traffic := body.get("traffic")) and traffic["paid"]["per_request_usd"] is not None:
+        head["traffic_paid_per_request_usd"] = {
+            "value": traffic["paid"]["per_request_usd"],
+            "unit": "USD/request",
+            "source": "traffic",
+            "from": f"{traffic['paid']['priced_calls']:,} priced calls of {traffic['spec']}: "
+            + traffic["paid"]["source"],
+        }
     if body["self_hosted"] is None:
         return {**head, "self_hosted": "no load level of the bench met the latency SLO"}
     sh = body["self_hosted"]["cost"]

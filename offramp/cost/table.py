@@ -62,16 +62,27 @@ def _self_hosted_rows(table: Table, inp, body: dict) -> None:
         table.add_row("cascade break-even", "never" if volume is None else f"{volume:,.0f} req/month", "vs all-API")
 
 
+def _source(w, key: str) -> str:
+    return "measured (traffic)" if key in w.provenance else "workload"
+
+
 def print_summary(inp, body: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
     api, sh, decision, w = body["api"], body["self_hosted"], body["decision"], inp.workload
     table = Table(title=escape(f"{inp.api_name} vs {body['model']} on {inp.host_name}"))
     for name, justify in (("", "left"), ("value", "right"), ("source", "left")):
         table.add_column(name, justify=justify)
-    table.add_row("requests / month", f"{w.requests_per_month:,.0f}", "workload")
+    table.add_row("requests / month", f"{w.requests_per_month:,.0f}", _source(w, "requests_per_month"))
+    table.add_row("peak / average", f"{w.peak_to_average:g}", _source(w, "peak_to_average"))
     table.add_row("tokens / request in, out", f"{w.input_tokens:,.1f}, {w.output_tokens:,.1f}", "workload [4]")
     table.add_row("API prompt tokens", f"{api['prompt']['input_tokens']:,.0f}", "[5]")
     table.add_row(f"API ({api['mode']}) / month", _usd(_v(api, "monthly_usd")), _listed(inp.api_price) + " [1]")
+    table.add_row("API $ / request", _usd(_v(api, "per_request_usd"), 6), "[1] × tokens")
+    if (traffic := body.get("traffic")) and traffic["paid"]["per_request_usd"] is not None:
+        paid = traffic["paid"]
+        table.add_row(
+            "traffic paid $ / request", _usd(paid["per_request_usd"], 6), f"{paid['priced_calls']:,} calls [T]"
+        )
     table.add_row("API $/1M tokens, blended", _usd(_v(api, "per_1m_tokens_usd"), 4), "[1] × token mix")
     table.add_row("host $/hour", _usd(body["host"]["price_per_hour"]["value"], 4), _listed(inp.host) + " [3]")
     if sh is None:
@@ -84,6 +95,8 @@ def print_summary(inp, body: dict[str, Any], console: Console | None = None) -> 
         f"[2] {inp.bench_path}, measured on {_hardware(inp.bench.hardware)}",
         f"[3] {inp.host.source}",
         f"[4] {w.token_source}",
+        *([f"[T] {body['traffic']['spec']}: {body['traffic']['paid']['source']}"] if body.get("traffic") else []),
+        *(f"{k}: {v}" for k, v in w.provenance.items() if k in ("requests_per_month", "peak_to_average")),
         f"[5] {api['prompt']['source']}; cache: {api['prompt']['cache']}",
         *([f"host cost split: {sh['split_rule']}"] if sh is not None else []),
         f"break-even: {body['break_even']['reason']}",

@@ -39,6 +39,9 @@ class Workload(BaseModel):
     slo: Slo | None = None  # None: take the SLO the bench report was run with
     batch_tolerant: bool = False  # answers may take up to 24 h: the batch API is allowed
     token_source: str = "stated by the user"
+    provenance: dict[str, str] = Field(
+        default_factory=dict, description="field -> where its value comes from, where not stated by the user"
+    )
 
     @model_validator(mode="after")
     def _shares_fit(self) -> Workload:
