@@ -203,6 +203,9 @@ class DataReport(_Report):
     train: int  # records in train.jsonl
     test: int  # records in test.jsonl
     warnings: list[str] = []  # questionable input data prepare went on with (also printed as warning lines)
+    kind: Literal["classification", "generation"] = "classification"  # generation: free-text answers, no labels.json
+    teacher: list[str] = []  # data from-traffic: the API model(s) whose answers are the labels
+    traffic: dict | None = None  # data from-traffic: store, filters, window, train / test time ranges, counts, spend
 
 
 class EmulateCheck(_Section):

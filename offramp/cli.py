@@ -125,6 +125,9 @@ def data_prepare(
     prompt_style: Annotated[str, typer.Option(help="system prompt: short, or labels (lists every label)")] = "short",
     text_column: str = "text",
     label_column: str = "label",
+    system: Annotated[
+        str | None, typer.Option(help="system prompt for every record (default: a JSONL's own, else a neutral one)")
+    ] = None,
     force: Annotated[bool, typer.Option(help="replace --out even if offramp did not write it")] = False,
 ) -> None:
     """Write train.jsonl / test.jsonl (OpenAI chat format), labels.json and data_report.json."""
@@ -144,11 +147,49 @@ def data_prepare(
         prompt_style=prompt_style,
         text_col=text_column,
         label_col=label_column,
+        system=system,
         force=force,
     )
     for w in report["warnings"]:
         warn(f"{source}: {w}")
     console.print(f"[green]wrote[/] {out}: train {report['train']}, test {report['test']}, labels {report['labels']}")
+
+
+@data_app.command("from-traffic")
+def data_from_traffic(
+    store: Annotated[str, typer.Option(help="the traffic store: a SQLite file path or a postgresql:// URL")],
+    out: Annotated[Path, typer.Option(help="output dir: train/test.jsonl, labels.json, data_report.json")],
+    tag: Annotated[str | None, typer.Option(help="only calls with this tag")] = None,
+    model: Annotated[str | None, typer.Option(help="only calls of this model (as the API reported it)")] = None,
+    since: Annotated[str | None, typer.Option(help="from this UTC time on (ISO), inclusive")] = None,
+    until: Annotated[str | None, typer.Option(help="up to this UTC time (ISO), exclusive")] = None,
+    test_fraction: Annotated[float, typer.Option(help="share of the calls, the latest in time, held out")] = 0.2,
+    max_labels: Annotated[int, typer.Option(help="at most this many distinct answers make a label set")] = 100,
+    system: Annotated[str | None, typer.Option(help="replace the captured system prompt with this one")] = None,
+    name: Annotated[str | None, typer.Option(help="the task's name (default: the tag, else the store's)")] = None,
+    force: Annotated[bool, typer.Option(help="replace --out even if offramp did not write it")] = False,
+) -> None:
+    """Captured API calls as a distillation set: the requests as sent, the API's answers as the labels, the
+    latest calls held out as the test split (see offramp/traffic/dataset.py for every rule)."""
+    from offramp.data import warn
+    from offramp.paths import check_out
+    from offramp.traffic.cli import parse_time
+    from offramp.traffic.dataset import TERMS_NOTE, Selection, from_traffic
+
+    sel = Selection(store, tag, model, parse_time(since, "--since"), parse_time(until, "--until"))
+    check_out(out, force=force)
+    report = from_traffic(
+        sel, out, name=name, test_fraction=test_fraction, max_labels=max_labels, system=system, force=force
+    )
+    for w in report["warnings"]:
+        warn(f"{report['source']}: {w}")
+    t = report["traffic"]
+    console.print(
+        f"[green]wrote[/] {out}: train {report['train']} ({t['train_range']['first']} to {t['train_range']['last']}), "
+        f"test {report['test']} ({t['test_range']['first']} to {t['test_range']['last']}), labels {report['labels']}, "
+        f"teacher {', '.join(report['teacher']) or 'unknown'}; {t['counts']['duplicates_removed']} duplicates removed"
+    )
+    console.print(f"[yellow]note[/]: {TERMS_NOTE}")
 
 
 @data_app.command("validate")

@@ -12,7 +12,7 @@ import json
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -28,6 +28,8 @@ BUILTIN = {"banking77"}
 class Example:
     text: str
     label: str
+    # a chat JSONL record's own prompt (system prompt, earlier turns), kept as it was; None: a bare query (CSV)
+    prompt: list[dict] | None = field(default=None, compare=False, hash=False)
 
 
 def system_prompt(labels: list[str], style: str = "short", task: str = "customer banking query") -> str:
@@ -54,14 +56,13 @@ def api_system_prompt(labels: list[str], train: list[Example], task: str = "cust
     return f"{system_prompt(labels, 'labels', task)}\nOne example per label:\n{examples}"
 
 
-def to_chat(ex: Example, system: str) -> dict:
-    return {
-        "messages": [
-            {"role": "system", "content": system},
-            {"role": "user", "content": ex.text},
-            {"role": "assistant", "content": ex.label},
-        ]
-    }
+def to_chat(ex: Example, system: str | None) -> dict:
+    """`ex` as a chat record: its own prompt messages when it has them (a JSONL's), else its text as the user turn;
+    a given `system` replaces the record's own system prompt (or sets one), None keeps what the record has."""
+    prompt = list(ex.prompt) if ex.prompt is not None else [{"role": "user", "content": ex.text}]
+    if system is not None:
+        prompt = [{"role": "system", "content": system}] + [m for m in prompt if m["role"] != "system"]
+    return {"messages": [*prompt, {"role": "assistant", "content": ex.label}]}
 
 
 def validate_record(obj: object, where: str, *, need_assistant: bool = True) -> dict:
@@ -258,7 +259,7 @@ def read_examples(path: Path, text_col: str = "text", label_col: str = "label") 
         out = []
         for rec in load_chat_jsonl(path):
             users = [m["content"] for m in rec["messages"] if m["role"] == "user"]
-            out.append(Example(users[-1], record_label(rec)))
+            out.append(Example(users[-1], record_label(rec), record_prompt(rec)))
         return out
     raise OfframpError(f"{path}: expected .csv or .jsonl")
 
@@ -276,7 +277,12 @@ def builtin_splits(name: str) -> tuple[list[Example], list[Example], list[str]]:
 
 
 def task_name(source: str) -> str:
-    """A task's name: a built-in's own name, else its source file's stem (not the split file's `test`)."""
+    """A task's name: a built-in's own name, captured traffic's tag, else its source file's stem (not the split
+    file's `test`)."""
+    if source.startswith("traffic:"):
+        from offramp.traffic.dataset import default_name, parse_source
+
+        return default_name(parse_source(source))
     return source if source in BUILTIN else Path(source).stem
 
 
@@ -291,6 +297,7 @@ def prepare(
     prompt_style: str = "short",
     text_col: str = "text",
     label_col: str = "label",
+    system: str | None = None,
     overwrite: bool = True,
     force: bool = False,
 ) -> dict:
@@ -314,13 +321,17 @@ def prepare(
     unknown = {e.label for e in train + test} - set(labels)
     if unknown:
         raise OfframpError(f"labels not in the label set: {sorted(unknown)[:5]}")
+    system_given = system is not None
+    if system is not None and not system.strip():
+        raise OfframpError("--system is empty; leave it out for the source's own (or the neutral) prompt")
+    own = train[0].prompt is not None  # a chat JSONL: its records keep their own prompts
     subject = "customer banking query" if source in BUILTIN else "query"  # a user's task is not about banking
-    system = system_prompt(labels, prompt_style, subject)
+    if system is None and not own:
+        system = system_prompt(labels, prompt_style, subject)
     with atomic_dir(Path(out), overwrite=overwrite, force=force) as tmp:
         n_train = write_jsonl(tmp / "train.jsonl", (to_chat(e, system) for e in train))
         n_test = write_jsonl(tmp / "test.jsonl", (to_chat(e, system) for e in test))
-        api_system = api_system_prompt(labels, train, subject)
-        write_jsonl(tmp / "api_prompts.jsonl", (to_chat(e, api_system) for e in test))
+        write_jsonl(tmp / "api_prompts.jsonl", api_prompts(test, train, labels, subject))
         write_json(tmp / "labels.json", labels)
         report = {
             "stage": "data",
@@ -331,7 +342,8 @@ def prepare(
             "per_label": per_label,
             "test_per_label": test_per_label,
             "prompt_style": prompt_style,
-            "api_prompts": {"file": "api_prompts.jsonl", "template": API_PROMPT},
+            "system_prompt": _system_origin(system_given, own),
+            "api_prompts": {"file": "api_prompts.jsonl", "template": API_OWN if own else API_PROMPT},
             "labels": len(labels),
             "train": n_train,
             "test": n_test,
@@ -342,6 +354,25 @@ def prepare(
         }
         write_json(tmp / "data_report.json", report)
     return report
+
+
+API_OWN = "each test record's own messages, as the JSONL holds them (what the API is sent today)"
+
+
+def api_prompts(test: list[Example], train: list[Example], labels: list[str], subject: str) -> Iterator[dict]:
+    """The test queries as the API would be sent them: a record's own prompt when it has one, else the label list
+    with one example per label (an API model is not fine-tuned here)."""
+    api_system = api_system_prompt(labels, train, subject)
+    for e in test:
+        yield to_chat(e, None) if e.prompt is not None else to_chat(e, api_system)
+
+
+def _system_origin(given: bool, own: bool) -> str:
+    if given:
+        return "--system (replaces any system prompt of the source)"
+    if own:
+        return "each record's own (the JSONL's messages as they were)"
+    return "offramp's neutral prompt (--prompt-style)"
 
 
 def load_labels(data_dir_or_file: Path) -> list[str]:

@@ -222,3 +222,50 @@ def test_not_utf8_names_the_line_and_byte_offset(tmp_path):
         load_chat_jsonl(f)
     (tmp_path / "bom.csv").write_bytes("\ufefftext,label\n".encode() + b"q1,a\nq2,b\nq3,a\nq4,b\n")
     assert prepare(str(tmp_path / "bom.csv"), tmp_path / "out", test_fraction=0.5)["labels"] == 2
+
+
+def _own_prompt_jsonl(path: Path) -> Path:
+    """Records with their own system prompt, some with an earlier exchange: what a team's logs hold."""
+    lines = []
+    for i in range(12):
+        label = ("refund", "upgrade")[i % 2]
+        msgs = [{"role": "system", "content": "You triage Acme tickets. Reply refund or upgrade."}]
+        if i % 3 == 0:
+            msgs += [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "How can I help?"}]
+        msgs += [{"role": "user", "content": f"ticket {i}"}, {"role": "assistant", "content": label}]
+        lines.append(json.dumps({"messages": msgs}) + "\n")
+    path.write_text("".join(lines))
+    return path
+
+
+def test_a_chat_jsonl_keeps_its_own_system_prompt_and_turns(tmp_path):
+    src = _own_prompt_jsonl(tmp_path / "tickets.jsonl")
+    originals = {r["messages"][-2]["content"]: r["messages"] for r in load_chat_jsonl(src)}
+    report = prepare(str(src), tmp_path / "out", test_fraction=0.25)
+    written = load_chat_jsonl(tmp_path / "out/train.jsonl") + load_chat_jsonl(tmp_path / "out/test.jsonl")
+    assert len(written) == 12
+    for rec in written:
+        assert rec["messages"] == originals[rec["messages"][-2]["content"]]  # as they were, earlier turns too
+    api = load_chat_jsonl(tmp_path / "out/api_prompts.jsonl")
+    assert [r["messages"] for r in api] == [r["messages"] for r in load_chat_jsonl(tmp_path / "out/test.jsonl")]
+    assert "own" in report["system_prompt"] and "banking" not in (tmp_path / "out/train.jsonl").read_text()
+
+
+def test_system_overrides_the_prompt_of_any_source(tmp_path, cli):
+    src = _own_prompt_jsonl(tmp_path / "tickets.jsonl")
+    prepare(str(src), tmp_path / "j", system="Answer refund or upgrade.")
+    recs = load_chat_jsonl(tmp_path / "j/train.jsonl")
+    assert {r["messages"][0]["content"] for r in recs} == {"Answer refund or upgrade."}
+    assert all([m["role"] for m in r["messages"]].count("system") == 1 for r in recs)
+    assert any(m["content"] == "How can I help?" for r in recs for m in r["messages"])  # earlier turns still kept
+    csv_src = _csv(tmp_path / "q.csv", [(f"question {i}", "ab"[i % 2]) for i in range(10)])
+    prepare(str(csv_src), tmp_path / "neutral")
+    neutral = load_chat_jsonl(tmp_path / "neutral/train.jsonl")[0]["messages"][0]["content"]
+    assert neutral == "Classify the query into one intent label. Answer with the label only."
+    res = cli("data", "prepare", str(csv_src), "--system", "Pick a or b.", "--out", str(tmp_path / "c"))
+    assert res.returncode == 0, res.stderr
+    assert {r["messages"][0]["content"] for r in load_chat_jsonl(tmp_path / "c/test.jsonl")} == {"Pick a or b."}
+    res = cli("data", "prepare", "banking77", "--per-label", "1", "--test-per-label", "1", "--system", "Intent?",
+              "--out", str(tmp_path / "b"))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert {r["messages"][0]["content"] for r in load_chat_jsonl(tmp_path / "b/train.jsonl")} == {"Intent?"}

@@ -510,3 +510,51 @@ def test_the_pull_stage_fails_on_a_model_that_resolves_to_nothing(tmp_path):
     (tmp_path / "ckpt" / "config.json").write_text("{}")
     stages = {s.name: s for s in build_stages(PipelineConfig.model_validate({"model": str(tmp_path / "ckpt")}))}
     stages["pull"].run(tmp_path, {})  # an existing checkpoint dir is there already
+
+
+def _traffic_store(path, n=10, start_minute=0):
+    import datetime as dt
+
+    from offramp.traffic.store import Call, open_store
+
+    t0 = dt.datetime(2026, 11, 30, 9, 0, tzinfo=dt.UTC)
+    calls = [
+        Call(
+            request={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"ticket {i}"}]},
+            answer=("billing", "login")[i % 2], time=t0 + dt.timedelta(minutes=i), time_source="response.created",
+            model="gpt-4o-mini-2024-07-18", tag="support", status=200,
+        )
+        for i in range(start_minute, start_minute + n)
+    ]  # fmt: skip
+    with open_store(path) as s:
+        s.record_many(calls)
+    return path
+
+
+def test_a_traffic_source_is_judged_against_the_teacher_and_new_calls_rerun_the_data(tmp_path, monkeypatch):
+    from offramp.pipeline.inputs import ConfigView, Inputs
+    from offramp.pipeline.stages import _gate_args
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")  # even with a key, the API is not called again
+    store = _traffic_store(tmp_path / "t.db")
+    cfg = PipelineConfig.model_validate({"task": {"source": f"traffic:{store}?tag=support"}})
+    assert resolve_baselines(cfg).usable == [] and baseline_gap(cfg) is None
+    stages = {s.name: s for s in build_stages(cfg)}
+    assert stages["cascade"].skip and "captured traffic" in stages["cascade"].skip
+    inputs = Inputs(ConfigView(cfg, ["gate"]), {"baselines": [], "teacher": True})
+    assert _gate_args(inputs) == ["--gate", "accuracy>=95", "--no-baseline"]
+    (tmp_path / "w").mkdir()
+    stages["data"].run(tmp_path / "w", {})
+    report = json.loads((tmp_path / "w" / "data" / "data_report.json").read_text())
+    assert report["task"] == "support" and report["traffic"]["counts"]["calls"] == 10
+    before = {s.name: s.config for s in build_stages(cfg)}
+    _traffic_store(store, n=5, start_minute=10)
+    after = {s.name: s.config for s in build_stages(cfg)}
+    assert before["data"] != after["data"] and before["pull"] == after["pull"]
+
+
+def test_a_bad_traffic_source_fails_at_load(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("task:\n  source: 'traffic:t.db?tags=support'\n")
+    with pytest.raises(OfframpError, match=r"task\.source: .*unknown filter 'tags'"):
+        load_config(f)

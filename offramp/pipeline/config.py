@@ -18,9 +18,13 @@ class _Strict(BaseModel):
 
 
 class TaskConfig(_Strict):
-    source: str = "banking77"  # built-in name, or a .csv / chat .jsonl path
+    # built-in name, a .csv / chat .jsonl path, or captured traffic: traffic:STORE?tag=T&model=M&since=ISO&until=ISO
+    # (`offramp data from-traffic`: the API's answers are the labels, the latest calls the test split)
+    source: str = "banking77"
     text_column: str = "text"  # a CSV's columns holding the query and its label
     label_column: str = "label"
+    system: str | None = None  # system prompt for every record; None: a JSONL's / the traffic's own, else neutral
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # held out when the source has no test split (traffic: the latest)
     train_per_label: int | None = Field(20, ge=1)
     test_per_label: int | None = Field(3, ge=1)
     prompt_style: Literal["short", "labels"] = "short"
@@ -168,6 +172,10 @@ def check_names(cfg: PipelineConfig, path: Path) -> None:
         except OfframpError as e:
             raise OfframpError(f"{path}: {key}: {e}") from None
 
+    if cfg.task.source.startswith("traffic:"):
+        from offramp.traffic.dataset import parse_source
+
+        check("task.source", lambda: parse_source(cfg.task.source))
     c = cfg.cost
     catalogue = load_catalogue([Path(p) for p in _flag_values(c.args, "--prices")])
     check("cost.api_model", lambda: catalogue.api_price(c.api_model, allow_retired="--allow-retired" in c.args))

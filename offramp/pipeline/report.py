@@ -51,12 +51,17 @@ def collect(cfg: dict, results: list[StageResult], baseline_gap: str | None = No
     cascade_cost = report("cascade", "breakeven/breakeven_report.json", "breakeven")
     quantized = quantized_candidates(dirs, ev, problems)
     failed = [r for r in results if r.status in ("failed", "skipped")]
+    data = report("data", "data/data_report.json", "data")
+    decided = verdict(ev, be, failed, problems, baseline_gap)
+    if data and data.get("traffic") and decided["verdict"] != "INCOMPLETE":
+        decided["reason"] += f". {traffic_sentence(data)}"
     return {
         "created_at": now_iso(),
         "hardware": hardware_summary(),
         "config": cfg,
-        "verdict": verdict(ev, be, failed, problems, baseline_gap),
+        "verdict": decided,
         "problems": problems,
+        "data": data,
         "stages": [
             {
                 "name": r.name,
@@ -77,6 +82,37 @@ def collect(cfg: dict, results: list[StageResult], baseline_gap: str | None = No
         "breakeven_plot": str(dirs["breakeven"] / "breakeven.png") if "breakeven" in dirs else None,
         "quantized": quantized,
     }
+
+
+def traffic_sentence(data: dict) -> str:
+    """Where captured-traffic data came from, and who its baseline is: the verdict's reason ends with it."""
+    t = data["traffic"]
+    teacher = ", ".join(data.get("teacher") or []) or "the API (model not recorded)"
+    return (
+        f"Data: captured traffic ({data['source']}), {t['counts']['calls']:,} calls from {_when(t['window']['first'])} "
+        f"to {_when(t['window']['last'])}; test split = the latest calls ({_when(t['test_range']['first'])} to "
+        f"{_when(t['test_range']['last'])}). Baseline: the teacher {teacher}, whose answers are the labels (agreement "
+        "100 % by definition): accuracy here is the small model's agreement with it"
+    )
+
+
+def _data_section(data: dict) -> str:
+    t = data["traffic"]
+    c = t["counts"]
+    spend = t["spend"]
+    rows = [
+        ["source", data["source"]],
+        ["teacher (the API that answered)", ", ".join(data.get("teacher") or []) or "not recorded"],
+        ["window", f"{_when(t['window']['first'])} to {_when(t['window']['last'])}"],
+        ["train", f"{data['train']:,} calls, {_when(t['train_range']['first'])} to {_when(t['train_range']['last'])}"],
+        ["test (latest, frozen)", f"{data['test']:,} calls, {_when(t['test_range']['first'])} to "
+         f"{_when(t['test_range']['last'])}"],
+        ["calls / duplicates removed / labels", f"{c['calls']:,} / {c['duplicates_removed']:,} / {data['labels']}"],
+        ["measured $ per request", "n/a" if spend["usd_per_request"] is None else f"${spend['usd_per_request']:.6f}"
+         f" ({spend['priced_calls']:,} priced calls)"],
+    ]  # fmt: skip
+    note = f"<p class='small'>{html.escape(data.get('terms_note', ''))}</p>"
+    return "<h2>Data: captured traffic</h2>" + _table(["figure", "value"], rows) + note
 
 
 def quantized_candidates(dirs: dict[str, Path], ev: dict | None, problems: list[str]) -> list[dict]:
@@ -577,6 +613,8 @@ def render_html(report: dict) -> str:
         "Provenance: <b>measured</b> = measured here on the hardware named; <b>list price</b> = vendor price of "
         "the date given (offramp/prices.yaml); <b>cited</b> = published score, not measured here.</p>",
     ]
+    if (report.get("data") or {}).get("traffic"):
+        parts.append(_data_section(report["data"]))
     if report.get("eval"):
         parts.append(_quality_section(report["eval"]))
     if report.get("quantized"):

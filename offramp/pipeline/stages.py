@@ -30,6 +30,7 @@ from offramp.pipeline.runner import Stage, StageFailed, console, offramp_cmd
 from offramp.providers import KEY_ENV  # a missing key switches a baseline to its fallback
 from offramp.serve.server import free_port, log_tail, stop_group, wait_until_healthy
 from offramp.store import KNOWN, resolve_model
+from offramp.traffic.dataset import is_traffic, parse_source
 
 
 def baseline_spec(name: str, spec: str, fallback: str | None) -> tuple[str, str]:
@@ -55,6 +56,8 @@ def resolve_baselines(cfg: PipelineConfig) -> Baselines:
     from offramp.evals.cited import lookup
 
     usable, missing = [], []
+    if is_traffic(cfg.task.source):
+        return Baselines([], [])  # the API that answered is the baseline: its answers are the labels (TEACHER_GATE)
     task = task_name(cfg.task.source)
     for b in cfg.baselines:
         name, spec = baseline_spec(b.name, b.spec, b.fallback)
@@ -77,7 +80,7 @@ def baseline_gap(cfg: PipelineConfig) -> str | None:
     """Why quality cannot be judged on this config (its gate compares with a baseline, and none is usable), with
     what to add; None when it can."""
     resolved = resolve_baselines(cfg)
-    if resolved.usable or not parse_gate(cfg.gate).relative:
+    if resolved.usable or not parse_gate(cfg.gate).relative or is_traffic(cfg.task.source):
         return None
     why = "; ".join(resolved.missing) or "the config lists none"
     return f"the gate {cfg.gate!r} compares with a baseline, and there is none ({why}); {NO_BASELINE_HINT}"
@@ -110,9 +113,26 @@ def pull(i: Inputs, w: Path, up: Up) -> None:
         resolve_model(i.config.model)
 
 
+TEACHER_GATE = (
+    "on captured traffic the baseline is the API that answered: its answers are the labels, so its agreement is "
+    "100 % by definition and a gate relative to it (accuracy>=baseline-5) is judged as the absolute agreement it "
+    "implies (accuracy>=95): how often the small model agrees with the API"
+)
+
+
 def data(i: Inputs, w: Path, up: Up) -> None:
     t = i.config.task
-    args = ["data", "prepare", t.source, "--out", str(w / "data"), "--seed", str(t.seed)]
+    system = ["--system", t.system] if t.system is not None else []
+    if is_traffic(t.source):
+        sel = parse_source(t.source)
+        args = ["data", "from-traffic", "--store", sel.store, "--out", str(w / "data")]
+        for flag, value in sel.filters().items():
+            if value is not None:
+                args += [f"--{flag}", value.isoformat() if hasattr(value, "isoformat") else str(value)]
+        offramp_cmd(*args, "--test-fraction", str(t.test_fraction), *system, log=_log(w))
+        return
+    args = ["data", "prepare", t.source, "--out", str(w / "data"), "--seed", str(t.seed), *system]
+    args += ["--test-fraction", str(t.test_fraction)]
     args += ["--prompt-style", t.prompt_style, "--text-column", t.text_column, "--label-column", t.label_column]
     if t.train_per_label:
         args += ["--per-label", str(t.train_per_label)]
@@ -188,10 +208,11 @@ def _task_args(i: Inputs, up: Up) -> list[str]:
     # A built-in task is named as such (cited scores are tied to it); eval draws the same test subset and
     # prompt as `data prepare` did (same per-label selection, seed and short system prompt).
     t = i.config.task
-    if t.source in BUILTIN and t.prompt_style == "short":
+    if t.source in BUILTIN and t.prompt_style == "short" and t.system is None:
         limit = ["--limit-per-label", str(t.test_per_label)] if t.test_per_label else []
         return ["--task", t.source, *limit, "--seed", str(t.seed)]
-    return ["--task", str(up["data"] / "data/test.jsonl")]
+    kind = load_report(up["data"] / "data/data_report.json", "data").kind
+    return ["--task", str(up["data"] / "data/test.jsonl"), *(["--task-type", kind] if kind == "generation" else [])]
 
 
 def evaluate(i: Inputs, w: Path, up: Up) -> None:
@@ -230,6 +251,9 @@ def _gate_args(i: Inputs) -> list[str]:
     gate relative to the baseline is left for the verdict to report as NEEDS-BASELINE."""
     if baselines := i.derived["baselines"]:
         return ["--gate", i.config.gate, "--baseline", baselines[0][0]]
+    gate = parse_gate(i.config.gate)
+    if i.derived.get("teacher") and gate.relative:  # TEACHER_GATE: the teacher scores 100 on its own answers
+        return ["--gate", f"{gate.metric}{gate.op}{min(100.0, 100.0 + gate.offset):g}", "--no-baseline"]
     if parse_gate(i.config.gate).relative:
         return ["--no-baseline"]
     return ["--gate", i.config.gate, "--no-baseline"]
@@ -247,13 +271,15 @@ def bench(i: Inputs, w: Path, up: Up) -> None:
 
 def run_bench(i: Inputs, url: str, out: Path, up: Up, log_path: Path) -> None:
     s = i.config.serve
+    traffic = i.derived.get("traffic_source")  # replay the captured requests as the load
+    load = ["--traffic", traffic] if traffic else ["--workload", str(up["data"] / "data/test.jsonl")]
     args = [
-        "bench", url, "--workload", str(up["data"] / "data/test.jsonl"), "--model", _candidate(up),
+        "bench", url, *load, "--model", _candidate(up),
         "--concurrency", ",".join(map(str, s.concurrency)), "--num-prompts", str(s.num_prompts),
         "--slo-p99-ttft-s", str(s.slo_p99_ttft_s), "--slo-p99-tpot-ms", str(s.slo_p99_tpot_ms),
         "--out", str(out), *_host_args(i),
     ]  # fmt: skip
-    if s.structured_choice:
+    if s.structured_choice and (up["data"] / "data/labels.json").is_file():  # free-text traffic has no label set
         args += ["--structured-choice", str(up["data"] / "data/labels.json")]
     offramp_cmd(*args, log=log_path)
 
@@ -264,13 +290,17 @@ def breakeven(i: Inputs, w: Path, up: Up) -> None:
 
 def _breakeven_args(i: Inputs, up: Up) -> list[str]:
     c = i.config.cost
-    args = [
-        "breakeven", "--api", c.api_model, "--bench", str(up["bench"] / "bench_report.json"),
-        "--requests-per-month", str(c.requests_per_month), "--peak-to-average", str(c.peak_to_average),
-        *_host_args(i), *c.args,
-    ]  # fmt: skip
+    if traffic := i.derived.get("traffic_source"):  # volume, token mix, peaks and the API's model: measured there
+        args = ["breakeven", "--traffic", traffic, "--bench", str(up["bench"] / "bench_report.json")]
+        args += [*_host_args(i), *c.args]
+    else:
+        args = [
+            "breakeven", "--api", c.api_model, "--bench", str(up["bench"] / "bench_report.json"),
+            "--requests-per-month", str(c.requests_per_month), "--peak-to-average", str(c.peak_to_average),
+            *_host_args(i), *c.args,
+        ]  # fmt: skip
     api_prompts = up["data"] / "data" / "api_prompts.jsonl"
-    if api_prompts.is_file():  # the API is priced on the prompt it would be sent, not on the small model's
+    if api_prompts.is_file() and not traffic:  # the API priced on the prompt it is sent, not the small model's
         args += ["--api-prompts", str(api_prompts)]
     if "eval" in up:
         args += ["--eval", str(up["eval"] / "eval_report.json")]
@@ -307,7 +337,8 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     tuned, quantized = cfg.finetune.enabled, bool(cfg.quantize.methods)
     ft, qs = (["finetune"] if tuned else []), (["quantize"] if quantized else [])
     host = _host_price_entry(cfg, catalogue)
-    stages = [stage("pull", ["model"], pull), stage("data", ["task"], data)]
+    traffic = _traffic_inputs(cfg)
+    stages = [stage("pull", ["model"], pull), stage("data", ["task"], data, derived=traffic)]
     if tuned:
         derived = {"host_price_args": _host_price_args(cfg, host), **({"merge": True} if quantized else {})}
         stages.append(stage("finetune", ["model", "finetune"], finetune, ["pull", "data"], derived=derived))
@@ -316,21 +347,43 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     baselines = resolve_baselines(cfg).usable
     eval_reads = ["model", "task", "gate", "eval", "serve", *HOST]
     api_prices = _api_price_entries(catalogue, (spec for _, spec in baselines))
-    derived = {"baselines": baselines, "api_prices": api_prices, "host_price": host}
+    derived = {"baselines": baselines, "api_prices": api_prices, "host_price": host, **traffic}
     stages.append(stage("eval", eval_reads, evaluate, ["pull", "data", *ft, *qs], derived=derived, optional=True))
     if cfg.serve.enabled:
         prices = {"catalogue_sha256": _catalogue_sha256()}
         bench_needs = ["pull", "data", *ft, "eval"]
-        stages.append(stage("bench", ["model", "serve", *HOST], bench, bench_needs, derived={"host_price": host}))
-        stages.append(stage("breakeven", ["cost"], breakeven, ["data", "bench", "eval", *ft], derived=prices))
+        bench_derived = {"host_price": host, **traffic}
+        stages.append(stage("bench", ["model", "serve", *HOST], bench, bench_needs, derived=bench_derived))
+        be_derived = {**prices, **traffic}
+        stages.append(stage("breakeven", ["cost"], breakeven, ["data", "bench", "eval", *ft], derived=be_derived))
         if cfg.cascade.enabled:
             needs = ["data", "eval", "bench", "breakeven", *ft]
             derived = {**prices, "baselines": baselines}
             skip = None if baselines else "no baseline to escalate to (the cascade answers unsure queries with it)"
+            if traffic:
+                skip = "on captured traffic the baseline is the recorded answers, which cannot answer a new query"
             stages.append(
                 stage("cascade", ["cascade", "cost"], cascade, needs, derived=derived, optional=True, skip=skip)
             )
     return stages
+
+
+def _traffic_inputs(cfg: PipelineConfig) -> dict:
+    """For `task.source: traffic:…`: what the stages read from the store (its selection's size and newest call, so
+    new traffic re-runs them), the store spec breakeven and bench measure, and the teacher flag for the gate."""
+    if not is_traffic(cfg.task.source):
+        return {}
+    from offramp.traffic.store import open_store
+
+    sel = parse_source(cfg.task.source)
+    with open_store(sel.store, create=False) as store:
+        calls = store.query(**sel.filters())
+    newest = max((c.recorded_at for c in calls if c.recorded_at), default=None)
+    return {
+        "traffic_source": cfg.task.source.removeprefix("traffic:"),
+        "traffic_selection": {"calls": len(calls), "newest": newest.isoformat() if newest else None},
+        "teacher": True,
+    }
 
 
 def _catalogue_sha256() -> str:
