@@ -38,6 +38,37 @@ NOT_UTF8_CSV = b"text,label\nfine,a\ncaf\xe9 latte,b\n"  # latin-1 e-acute at by
 NOT_UTF8_JSONL = b'{"messages": [{"role": "user", "content": "caf\xe9"}, {"role": "assistant", "content": "a"}]}\n'
 CITED = "a=cited:banking77/gpt-4-1shot"
 QUANTIZE = ["--method", "w8a8-int8-rtn", "--out", "q"]
+NOT_A_STORE = {"t.db": "not a database, just text\n" * 50}
+NOT_A_STORE_LINE = "--store t.db: not an offramp traffic store (the file is not a SQLite database)$"
+BATCH_IN = (
+    json.dumps(
+        {
+            "custom_id": "a",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+        }
+    )
+    + "\n"
+)
+BATCH_OUT = (
+    json.dumps(
+        {
+            "id": "b1",
+            "custom_id": "zzz",
+            "error": None,
+            "response": {
+                "status_code": 200,
+                "body": {
+                    "model": "gpt-4o-mini",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+                },
+            },
+        }
+    )
+    + "\n"
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +116,15 @@ CASES = [
          {"cfg.yaml": "name: probe\ngate: accuracy>=0.8\n"}),
     Case("run: name escapes the runs dir", ["run", "cfg.yaml"], "must be one path component",
          {"cfg.yaml": "name: ../../x\n"}),
+    Case("traffic report: corrupt store", ["traffic", "report", "--store", "t.db", "--out", "r"], NOT_A_STORE_LINE,
+         NOT_A_STORE),
+    Case("data from-traffic: corrupt store", ["data", "from-traffic", "--store", "t.db", "--out", "d"],
+         NOT_A_STORE_LINE, NOT_A_STORE),
+    Case("breakeven --traffic: corrupt store", ["breakeven", "--traffic", "t.db", "--bench", "bench_report.json",
+         "--host", "aws-c7a-large"], NOT_A_STORE_LINE, {**NOT_A_STORE, "bench_report.json": BENCH}),
+    Case("traffic import: mismatched Batch API pair", ["traffic", "import", "in.jsonl", "out.jsonl", "--store", "s.db"],
+         "out.jsonl:1: custom_id zzz has no line in the batch input files given (mismatched pair)",
+         {"in.jsonl": BATCH_IN, "out.jsonl": BATCH_OUT}),
 ]  # fmt: skip
 
 
