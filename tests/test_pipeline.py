@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from conftest import run_pipeline
 
 from offramp.errors import OfframpError
 from offramp.pipeline.config import PipelineConfig, default_config_path, load_config
@@ -482,12 +483,7 @@ def test_offramp_run_on_a_users_own_csv_without_a_key_ends_with_a_clear_verdict(
         "finetune": {"args": ["--max-steps", "4", "--batch-size", "4", "--grad-accum", "1"]},
         "serve": {"concurrency": [1], "num_prompts": 4, "args": ["--max-model-len", "1024"]},
     }  # fmt: skip
-    path = tmp_path / "own.yaml"
-    path.write_text(json.dumps(config))
-    res = cli("run", str(path), "--runs-dir", str(tmp_path / "runs"), timeout=1800)
-    assert res.returncode == 0, res.stderr[-4000:]
-    report = json.loads((tmp_path / "runs" / "own-csv" / "report.json").read_text())
-    status = {s["name"]: (s["status"], s["error"]) for s in report["stages"]}
+    report, status = run_pipeline(cli, config, tmp_path)
     assert {n for n, (s, _) in status.items() if s == "done"} == {"pull", "data", "finetune", "eval", "bench",
                                                                     "breakeven"}  # fmt: skip
     assert status["cascade"][0] == "skipped" and "no baseline" in status["cascade"][1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_pipeline
 from conftest_traffic import batch_pair
 
 INTENTS = (("forecast", "weather"), ("play", "music"), ("wake me at", "alarm"))
@@ -36,12 +37,7 @@ def test_imported_batch_traffic_runs_the_whole_pipeline(cli, tiny_model, tmp_pat
         "finetune": {"args": ["--max-steps", "4", "--batch-size", "4", "--grad-accum", "1"]},
         "serve": {"concurrency": [1], "num_prompts": 4, "args": ["--max-model-len", "1024"]},
     }
-    path = tmp_path / "traffic.yaml"
-    path.write_text(json.dumps(config))
-    res = cli("run", str(path), "--runs-dir", str(tmp_path / "runs"), timeout=1800)
-    assert res.returncode == 0, res.stderr[-4000:]
-    report = json.loads((tmp_path / "runs" / "traffic-e2e" / "report.json").read_text())
-    status = {s["name"]: (s["status"], s["error"]) for s in report["stages"]}
+    report, status = run_pipeline(cli, config, tmp_path)
     done = {n for n, (s, _) in status.items() if s == "done"}
     assert done == {"pull", "data", "finetune", "eval", "bench", "breakeven"}, status
     assert status["cascade"][0] == "skipped" and "captured traffic" in status["cascade"][1]
