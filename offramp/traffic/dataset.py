@@ -20,13 +20,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
 from offramp.errors import OfframpError
 from offramp.traffic.store import Call, Store, canonical
 
 PREFIX = "traffic:"
-FILTERS = ("tag", "model", "since", "until")
 TERMS_NOTE = (
     "the answers in these splits were written by a provider's API; some providers' terms restrict using outputs "
     "to train other models (e.g. to develop competing models): check your provider's terms before fine-tuning on them"
@@ -59,19 +57,15 @@ def is_traffic(source: str) -> bool:
 
 
 def parse_source(source: str) -> Selection:
-    """`traffic:PATH_OR_URL[?tag=T&model=M&since=ISO&until=ISO]` (the pipeline's `task.source`)."""
-    from offramp.traffic.cli import parse_time
+    """`traffic:PATH_OR_URL[?tag=T&model=M&since=ISO&until=ISO]` (the pipeline's `task.source`), read by the one
+    spec parser `breakeven`/`bench --traffic` use (a PostgreSQL URL keeps its own query parameters)."""
+    from offramp.traffic.workload import parse_spec
 
     body = source.removeprefix(PREFIX)
-    store, _, query = body.partition("?")
-    if not store:
+    if not body.partition("?")[0]:
         raise OfframpError(f"task.source {source!r}: name the store, e.g. traffic:traffic.db?tag=support/intent")
-    params = parse_qs(query, keep_blank_values=True)
-    if unknown := sorted(set(params) - set(FILTERS)):
-        raise OfframpError(f"task.source {source!r}: unknown filter {unknown[0]!r}; use {', '.join(FILTERS)}")
-    one = {k: v[-1] for k, v in params.items()}
-    since, until = parse_time(one.get("since"), "since"), parse_time(one.get("until"), "until")
-    return Selection(store, one.get("tag") or None, one.get("model") or None, since, until)
+    spec = parse_spec(body, flag="task.source")
+    return Selection(spec.store, spec.tag, spec.model, spec.since, spec.until)
 
 
 def default_name(sel: Selection) -> str:
