@@ -23,7 +23,8 @@ def finetune(
     model: Annotated[str, typer.Argument(help="store name, checkpoint dir or hub id")],
     data: Annotated[Path, typer.Option(help="training chat JSONL")],
     eval_data: Annotated[Path | None, typer.Option(help="held-out chat JSONL: eval loss in the report")] = None,
-    recipe: Annotated[str, typer.Option(help="default, full, or a recipe YAML file")] = "default",
+    recipe: Annotated[str, typer.Option(help="default, full, classify, or a recipe YAML file")] = "default",
+    head: Annotated[str | None, typer.Option(help=flag_help("head"))] = None,
     method: Annotated[str | None, typer.Option(help=flag_help("method"))] = None,
     rank: Annotated[int | None, typer.Option(help=flag_help("rank"))] = None,
     epochs: Annotated[float | None, typer.Option(help=flag_help("epochs"))] = None,
@@ -54,21 +55,47 @@ def finetune(
     from offramp.store import resolve_model
 
     flags = {"method": method, "rank": rank, "epochs": epochs, "max_steps": max_steps, "lr": lr}
-    flags |= {"batch_size": batch_size, "grad_accum": grad_accum, "max_len": max_len}
+    flags |= {"batch_size": batch_size, "grad_accum": grad_accum, "max_len": max_len, "head": head}
     _check_inputs(flags["method"], [data, eval_data], host_price_per_hour)
     path = resolve_model(model)
     acc = accelerator()
     chosen = load_recipe(recipe, acc, flags, parse_overrides(settings or []))
+    _check_head(chosen.head, model, path, [data, eval_data])
     require_env("runtime")
     from offramp.finetune.train import RunInputs, run_finetune
 
     name = Path(model).name if Path(model).exists() else model.replace("/", "--")
-    out = out or Path("runs") / "finetune" / f"{name}-{chosen.method}"
+    suffix = "-classify" if chosen.head == "classify" else ""
+    out = out or Path("runs") / "finetune" / f"{name}-{chosen.method}{suffix}"
     inputs = RunInputs(model_ref=model, model_path=path, data=data, eval_data=eval_data, recipe=chosen, out=out,
                        merge=merge, host_price_per_hour=host_price_per_hour, fresh=fresh)  # fmt: skip
-    report = run_finetune(inputs, acc)
+    if chosen.head == "classify":
+        from offramp.finetune.classify import run_classify
+
+        report = run_classify(inputs, acc)
+    else:
+        report = run_finetune(inputs, acc)
     if report:
-        _print_summary(out, report, merge)
+        _print_summary(out, report, merge or chosen.head == "classify")
+
+
+def _check_head(head: str, model: str, path: str, data: list[Path | None]) -> None:
+    """Before the runtime env starts: classify needs labels.json; a classifier checkpoint has no LM head, and the
+    next-token path would silently train a random one."""
+    from offramp.data import load_chat_jsonl
+    from offramp.errors import OfframpError
+    from offramp.finetune.classify import check_record_labels, task_labels
+    from offramp.store import architectures, is_sequence_classifier
+
+    if head == "classify":
+        labels = task_labels(data[0])
+        for f in filter(None, data):
+            check_record_labels(load_chat_jsonl(f), labels, str(f))
+    elif is_sequence_classifier(path):
+        raise OfframpError(
+            f"{model} is a sequence-classification checkpoint ({', '.join(architectures(path))}), not a causal LM; "
+            "fine-tune it with --head classify, or give the base model"
+        )
 
 
 def _check_inputs(method: str | None, data_files: list[Path | None], price: float | None) -> None:

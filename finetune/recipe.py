@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from offramp.errors import OfframpError
 
-BUILTIN = ("default", "full")
+BUILTIN = ("default", "full", "classify")
 
 
 class Recipe(BaseModel):
@@ -21,6 +21,9 @@ class Recipe(BaseModel):
 
     name: str = "custom"
     description: str = ""
+    head: Literal["lm", "classify"] = Field(
+        "lm", description="lm (next-token loss on the answer) or classify (a label head over labels.json)"
+    )
     method: Literal["lora", "qlora"] = Field("lora", description="lora or qlora (4-bit base, needs bitsandbytes)")
     rank: int = Field(16, ge=1, description="LoRA rank")
     alpha: float = Field(32, gt=0, description="LoRA alpha")

@@ -11,6 +11,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,21 +187,25 @@ def _prepare_work_dir(inputs: RunInputs) -> tuple[Path, dict]:
     return wd, state
 
 
-def run_finetune(inputs: RunInputs, accelerator: str, extra_callbacks: list | None = None) -> dict[str, Any]:
-    from transformers import AutoTokenizer, PrinterCallback, Trainer
+def load_chat_tokenizer(inputs: RunInputs) -> Any:
+    """The model's tokenizer; it must carry a chat template (the served prompt), and pads with EOS if it has no pad."""
+    from transformers import AutoTokenizer
 
-    from offramp.finetune.callbacks import GracefulStop, RichProgress
-
-    r = inputs.recipe
-    if inputs.out.exists():
-        raise OfframpError(f"{inputs.out} already exists; remove it or choose another --out")
-    records = load_chat_jsonl(inputs.data)
-    eval_records = load_chat_jsonl(inputs.eval_data) if inputs.eval_data else None
     tokenizer = AutoTokenizer.from_pretrained(inputs.model_path)
     if tokenizer.chat_template is None:
         raise OfframpError(f"{inputs.model_ref}: the tokenizer has no chat template; use an instruct/chat model")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def run_finetune(inputs: RunInputs, accelerator: str, extra_callbacks: list | None = None) -> dict[str, Any]:
+    r = inputs.recipe
+    if inputs.out.exists():
+        raise OfframpError(f"{inputs.out} already exists; remove it or choose another --out")
+    records = load_chat_jsonl(inputs.data)
+    eval_records = load_chat_jsonl(inputs.eval_data) if inputs.eval_data else None
+    tokenizer = load_chat_tokenizer(inputs)
     train = build_examples(tokenizer, records, r.max_len, str(inputs.data))
     evals: TokenizedData | None = None
     if eval_records is not None:
@@ -208,9 +213,41 @@ def run_finetune(inputs: RunInputs, accelerator: str, extra_callbacks: list | No
     if r.method == "qlora":
         check_4bit_training("cuda" if accelerator == "cuda" else "cpu")
 
+    collator = PadCollator(tokenizer.pad_token_id, multiple_of=8 if accelerator == "cuda" else 1)
+    done = train_and_report(inputs, accelerator, lambda: _load_model(inputs, accelerator), collator, train, evals,
+                            extra_callbacks)  # fmt: skip
+    if done is None:
+        return {}
+    trainer, body, wd = done
+    with atomic_dir(inputs.out) as tmp:
+        adapter = tmp / "adapter"
+        trainer.model.save_pretrained(adapter)
+        if inputs.merge:
+            _save_merged(inputs, trainer.model, tokenizer, adapter, tmp / "merged")
+        write_report(tmp / "finetune_report.json", "finetune", body)
+    shutil.rmtree(wd, ignore_errors=True)
+    return body
+
+
+def train_and_report(
+    inputs: RunInputs,
+    accelerator: str,
+    load_model: Callable[[], Any],
+    collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    train: TokenizedData,
+    evals: TokenizedData | None,
+    extra_callbacks: list | None = None,
+) -> tuple[Any, dict[str, Any], Path] | None:
+    """Train (resuming a run interrupted with the same inputs) and build the report body; every head shares this.
+    Returns (trainer, report body, work dir) on the main process, None on the others."""
+    from transformers import PrinterCallback, Trainer
+
+    from offramp.finetune.callbacks import GracefulStop, RichProgress
+
+    r = inputs.recipe
     wd, state = _prepare_work_dir(inputs)
     resume = _last_checkpoint(wd)
-    model = _load_model(inputs, accelerator)
+    model = load_model()
     world = _world_size()
     steps_per_epoch = -(-len(train.examples) // (r.batch_size * r.grad_accum * world))
     args = _training_args(inputs, accelerator, steps_per_epoch, wd)
@@ -220,7 +257,7 @@ def run_finetune(inputs: RunInputs, accelerator: str, extra_callbacks: list | No
         args=args,
         train_dataset=train.examples,
         eval_dataset=evals.examples if evals else None,
-        data_collator=PadCollator(tokenizer.pad_token_id, multiple_of=8 if accelerator == "cuda" else 1),
+        data_collator=collator,
         callbacks=[RichProgress(), stop, *(extra_callbacks or [])],
     )
     trainer.remove_callback(PrinterCallback)  # RichProgress reports instead of raw dicts on stdout
@@ -242,17 +279,10 @@ def run_finetune(inputs: RunInputs, accelerator: str, extra_callbacks: list | No
         )
     eval_metrics = trainer.evaluate() if evals else {}
     if not trainer.is_world_process_zero():
-        return {}
+        return None
     wall_s = state["previous_wall_s"] + session_s
     body = _report_body(inputs, trainer, result, train, evals, eval_metrics, wall_s, session_s, resume, state)
-    with atomic_dir(inputs.out) as tmp:
-        adapter = tmp / "adapter"
-        trainer.model.save_pretrained(adapter)
-        if inputs.merge:
-            _save_merged(inputs, trainer.model, tokenizer, adapter, tmp / "merged")
-        write_report(tmp / "finetune_report.json", "finetune", body)
-    shutil.rmtree(wd, ignore_errors=True)
-    return body
+    return trainer, body, wd
 
 
 def _world_size() -> int:
@@ -273,6 +303,13 @@ def _save_merged(inputs: RunInputs, model: Any, tokenizer: Any, adapter: Path, d
         merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
     else:
         merged = model.merge_and_unload()
+    write_bf16_checkpoint(merged, tokenizer, dest)
+
+
+def write_bf16_checkpoint(merged: Any, tokenizer: Any, dest: Path) -> None:
+    """One bf16 safetensors checkpoint; the chat template travels with the tokenizer."""
+    import torch
+
     merged = merged.to(torch.bfloat16)
     merged.config.dtype = "bfloat16"
     merged.save_pretrained(dest, safe_serialization=True)

@@ -90,6 +90,8 @@ class FinetuneReport(_Report):
     base_model: str
     adapter_dir: str
     merged_dir: str | None = None
+    head: Literal["lm", "classify"] = "lm"
+    labels: list[str] | None = None  # the classifier's classes in id order (head classify)
     wall_time_s: float
     train_tokens_per_s: float
     run_cost_usd: float | None = None

@@ -7,6 +7,7 @@ id (`org/name`, which needs the hub to be reachable).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -81,6 +82,24 @@ def is_checkpoint(path: Path) -> bool:
 
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+CLASSIFIER_SUFFIX = "ForSequenceClassification"
+
+
+def architectures(model_dir: str | Path) -> list[str]:
+    """config.json's architectures of a local checkpoint ([] for a hub id or a dir without one)."""
+    config = Path(model_dir) / "config.json"
+    if not config.is_file():
+        return []
+    try:
+        return list(json.loads(config.read_text(encoding="utf-8")).get("architectures") or [])
+    except ValueError:
+        return []
+
+
+def is_sequence_classifier(model_dir: str | Path) -> bool:
+    return any(a.endswith(CLASSIFIER_SUFFIX) for a in architectures(model_dir))
 
 
 def resolve_model(ref: str) -> str:

@@ -255,12 +255,27 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _print_ready(server, api_key_env: str | None) -> None:
     auth = f' -H "Authorization: Bearer ${api_key_env}"' if api_key_env else ""
+    if server.pooling:
+        _print_classifier_ready(server, auth)
+        return
     body = {"model": server.model_name, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}
     names = [server.model_name, *server.adapters]
     print(f"endpoint: {server.api_base}  (models: {', '.join(names)}; ready in {server.startup_s:.0f} s)")
     print(f"vLLM log: {server.log_path}")
     print(
         f"try: curl {server.api_base}/chat/completions -H 'Content-Type: application/json'{auth} "
+        f"-d {shlex.quote(json.dumps(body))}"
+    )
+    print("Ctrl-C stops it.", flush=True)
+
+
+def _print_classifier_ready(server, auth: str) -> None:
+    """A sequence-classification checkpoint: vLLM's pooling runner answers POST /classify, not chat."""
+    body = {"model": server.model_name, "input": ["<the prompt, rendered by the chat template>"]}
+    print(f"classifier: {server.base_url}/classify  (model: {server.model_name}; ready in {server.startup_s:.0f} s)")
+    print(f"vLLM log: {server.log_path}")
+    print(
+        f"try: curl {server.base_url}/classify -H 'Content-Type: application/json'{auth} "
         f"-d {shlex.quote(json.dumps(body))}"
     )
     print("Ctrl-C stops it.", flush=True)

@@ -218,6 +218,8 @@ class VllmServer:
         self.enable_lora = bool(self.adapters) if enable_lora is None else enable_lora
         if self.adapters and not self.enable_lora:
             raise OfframpError("adapters given but LoRA disabled")
+        if self.adapters and self.pooling:
+            raise OfframpError(f"{self.model} is a sequence-classification checkpoint: it takes no LoRA adapters")
         self.max_lora_rank = max_lora_rank
         self.host = host
         self.port = port
@@ -242,6 +244,13 @@ class VllmServer:
     def accelerator(self) -> str:
         return accelerator()
 
+    @property
+    def pooling(self) -> bool:
+        """A sequence-classification checkpoint (config.json architectures): vLLM's pooling runner serves it."""
+        from offramp.store import is_sequence_classifier
+
+        return is_sequence_classifier(self.model)
+
     def command(self) -> list[str]:
         if self.port is None:
             raise OfframpError("no port chosen yet")
@@ -252,7 +261,10 @@ class VllmServer:
             cmd.append("--enforce-eager")
         if self.accelerator == "cpu":
             cmd += cpu_dtype_args(self.extra_args)
-        cmd.append("--enable-prefix-caching" if self.prefix_caching else "--no-enable-prefix-caching")
+        if self.pooling:
+            cmd += ["--runner", "pooling"]  # a ...ForSequenceClassification checkpoint: POST /classify answers
+        else:  # vLLM picks the pooling models' prefix caching itself
+            cmd.append("--enable-prefix-caching" if self.prefix_caching else "--no-enable-prefix-caching")
         if self.served_model_name:
             cmd += ["--served-model-name", self.served_model_name]
         if self.max_model_len:

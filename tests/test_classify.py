@@ -1,0 +1,164 @@
+"""offramp finetune --head classify: a real peft SEQ_CLS run on the tiny model, its merged checkpoint served by
+vLLM's pooling runner (POST /classify) against transformers' softmax, and the bad-input lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+SYSTEM = "Route the banking query to one queue."
+LABELS = ["cards", "loans", "transfers"]
+QUERIES = {
+    "cards": ["my card is lost", "card blocked again", "new card please", "card pin forgotten", "card not arriving"],
+    "loans": ["loan interest rate", "apply for a loan", "loan repayment date", "extend my loan", "loan was refused"],
+    "transfers": ["send money abroad", "transfer is pending", "wire to my friend", "transfer limit", "undo transfer"],
+}
+
+
+def chat(query: str, label: str) -> dict:
+    return {
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": query},
+            {"role": "assistant", "content": label},
+        ]
+    }
+
+
+def write_task(d: Path, records: list[dict], labels: list[str] | None) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if labels is not None:
+        (d / "labels.json").write_text(json.dumps(labels))
+    return d / "train.jsonl"
+
+
+def records() -> list[dict]:
+    # 30 rows: each query twice, so the full batch is the same every step and the loss must fall.
+    return [chat(q, label) for label, qs in QUERIES.items() for q in qs] * 2
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = write_task(tmp_path_factory.mktemp("clsdata"), records(), LABELS)
+    out = tmp_path_factory.mktemp("cls") / "run"
+    res = run_cli(
+        "finetune", str(tiny_model), "--data", str(data), "--head", "classify", "--max-steps", "10",
+        "--batch-size", "30", "--lr", "0.003", "--rank", "8", "--out", str(out), "scheduler=constant",
+        "logging_steps=1",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out
+
+
+def test_classifier_training_moves_the_loss_and_writes_a_seq_cls_checkpoint(classifier: Path) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from offramp.artifacts import load_report
+
+    report = load_report(classifier / "finetune_report.json", "finetune")
+    body = report.model_dump()
+    curve = [p["loss"] for p in body["loss_curve"]]
+    assert body["head"] == "classify" and body["labels"] == LABELS and body["steps"] == 10
+    assert curve[0] == pytest.approx(1.0986, abs=0.35), curve  # a fresh head over 3 labels: about ln 3 nats
+    assert curve[-1] < curve[0] - 0.2, curve  # same batch every step: cross-entropy must fall
+    assert body["data"]["train"]["examples"] == 30
+    merged = classifier / "merged"
+    config = json.loads((merged / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"]
+    model = AutoModelForSequenceClassification.from_pretrained(merged, dtype=torch.float32)
+    assert model.config.id2label == dict(enumerate(LABELS))
+    assert model.config.label2id == {label: i for i, label in enumerate(LABELS)}
+    assert model.config.pad_token_id is not None
+    assert (classifier / "adapter" / "adapter_config.json").is_file()
+
+
+def reference_probs(merged: Path, prompts: list[str], dtype: str):
+    """transformers' softmax over the labels, one prompt at a time (no padding), in the server's dtype."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(merged)
+    model = AutoModelForSequenceClassification.from_pretrained(merged, dtype=getattr(torch, dtype)).eval()
+    out = []
+    with torch.no_grad():
+        for p in prompts:
+            ids = tok(p, add_special_tokens=False, return_tensors="pt")
+            out.append(torch.softmax(model(**ids).logits[0].float(), -1).tolist())
+    return out
+
+
+@pytest.mark.vllm
+def test_vllm_pooling_runner_classifies_like_transformers(classifier: Path, vllm_servers) -> None:
+    from transformers import AutoTokenizer
+
+    from offramp.finetune.classify import prompt_text
+    from offramp.hardware import model_dtype
+
+    merged = classifier / "merged"
+    server = vllm_servers(merged)
+    assert "--runner" in server.command() and "pooling" in server.command()
+    tok = AutoTokenizer.from_pretrained(merged)
+    queries = ["card blocked again", "apply for a loan", "send money abroad", "my card is lost"]
+    prompts = [prompt_text(tok, chat(q, "?")["messages"]) for q in queries]
+    body = {"model": server.model_name, "input": prompts, "add_special_tokens": False}
+    with server.client() as client:
+        r = client.post("/classify", json=body)
+    assert r.status_code == 200, r.text
+    data = sorted(r.json()["data"], key=lambda d: d["index"])
+    served = "float32" if model_dtype("serve", "cpu") == "float32" else "bfloat16"  # auto: the checkpoint's bf16
+    want = reference_probs(merged, prompts, served)
+    # bf16 keeps 8 mantissa bits (~0.4 % per rounding); vLLM's CPU kernels round in other places than torch's,
+    # which over the tiny model's layers moves 3-way probabilities by up to ~1e-2. fp32 agrees far closer.
+    tol = 3e-2 if served == "bfloat16" else 1e-3
+    for got, ref in zip(data, want, strict=True):
+        assert got["num_classes"] == len(LABELS)
+        assert got["probs"] == pytest.approx(ref, abs=tol), (got, ref)
+        best = max(range(len(LABELS)), key=lambda i: ref[i])
+        margin = ref[best] - sorted(ref)[-2]
+        if margin > 2 * tol:  # a near-tie can flip under rounding; a clear winner must not
+            assert got["label"] == LABELS[best], (got, ref)
+
+
+def test_missing_labels_json_is_one_line(tiny_model: Path, tmp_path: Path) -> None:
+    data = write_task(tmp_path / "d", records(), None)
+    res = run_cli("finetune", str(tiny_model), "--data", str(data), "--head", "classify", "--out", str(tmp_path / "o"))
+    assert res.returncode != 0
+    assert "no labels.json beside" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_label_outside_labels_json_is_one_line(tiny_model: Path, tmp_path: Path) -> None:
+    data = write_task(tmp_path / "d", [*records(), chat("close my account", "accounts")], LABELS)
+    out = tmp_path / "o"
+    res = run_cli("finetune", str(tiny_model), "--data", str(data), "--recipe", "classify", "--out", str(out))
+    assert res.returncode != 0
+    assert "record 31 has label 'accounts', which is not in labels.json" in res.stderr
+    assert "Traceback" not in res.stderr and not out.exists()
+
+
+def test_classifier_checkpoint_on_the_lm_path_is_one_line(classifier: Path, tmp_path: Path) -> None:
+    data = write_task(tmp_path / "d", records(), LABELS)
+    res = run_cli("finetune", str(classifier / "merged"), "--data", str(data), "--out", str(tmp_path / "o"))
+    assert res.returncode != 0
+    assert "is a sequence-classification checkpoint (LlamaForSequenceClassification)" in res.stderr
+    assert "--head classify" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_serve_command_uses_the_pooling_runner_for_classifiers_only(tmp_path: Path) -> None:
+    from offramp.errors import OfframpError
+    from offramp.serve.server import VllmServer
+
+    for name, arch in (("cls", "LlamaForSequenceClassification"), ("lm", "LlamaForCausalLM")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"architectures": [arch]}))
+    cls_cmd = VllmServer(tmp_path / "cls", port=8123).command()
+    lm_cmd = VllmServer(tmp_path / "lm", port=8123).command()
+    assert cls_cmd[cls_cmd.index("--runner") + 1] == "pooling"
+    assert "--runner" not in lm_cmd and "--enable-prefix-caching" in lm_cmd
+    with pytest.raises(OfframpError, match="takes no LoRA adapters"):
+        VllmServer(tmp_path / "cls", adapters={"a": tmp_path / "lm"})
