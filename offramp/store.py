@@ -102,6 +102,19 @@ def is_sequence_classifier(model_dir: str | Path) -> bool:
     return any(a.endswith(CLASSIFIER_SUFFIX) for a in architectures(model_dir))
 
 
+def classifier_labels(model_dir: str | Path) -> list[str] | None:
+    """A classifier checkpoint's labels in id order (config.json id2label), or None where it has none."""
+    config = Path(model_dir) / "config.json"
+    try:
+        id2label = json.loads(config.read_text(encoding="utf-8")).get("id2label") or {}
+    except (OSError, ValueError):
+        return None
+    try:
+        return [id2label[str(i)] for i in range(len(id2label))] or None
+    except KeyError:
+        return None
+
+
 def resolve_model(ref: str) -> str:
     """Turn a model ref into something `from_pretrained` / `vllm serve` take: a local path or a hub id."""
     stored = model_dir(ref)

