@@ -102,6 +102,16 @@ def is_sequence_classifier(model_dir: str | Path) -> bool:
     return any(a.endswith(CLASSIFIER_SUFFIX) for a in architectures(model_dir))
 
 
+def require_causal_lm(model_dir: str | Path, command: str) -> None:
+    """One error line where a generative-only command is given a sequence-classification checkpoint: loaded as a
+    causal LM it would get a random LM head and answer garbage, silently."""
+    if is_sequence_classifier(model_dir):
+        raise OfframpError(
+            f"{model_dir} is a sequence-classification checkpoint ({', '.join(architectures(model_dir))}): "
+            f"{command} needs a causal LM; serve the classifier with `offramp serve` (its chat face answers labels)"
+        )
+
+
 def classifier_labels(model_dir: str | Path) -> list[str] | None:
     """A classifier checkpoint's labels in id order (config.json id2label), or None where it has none."""
     config = Path(model_dir) / "config.json"

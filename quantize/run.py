@@ -23,6 +23,7 @@ from offramp.quantize.measure import (
 )
 from offramp.quantize.methods import Method
 from offramp.reports import write_report
+from offramp.store import require_causal_lm
 
 REPORT = "quantize_report.json"
 ASYM_GPTQ_NOTE = (
@@ -59,6 +60,7 @@ def check_checkpoint(src: str) -> None:
         raise OfframpError(f"{config}: not a valid model config (a JSON object expected)")
     if not any(path.glob("*.safetensors")):
         raise OfframpError(f"{path}: no weights (*.safetensors) beside config.json; quantize needs a full checkpoint")
+    require_causal_lm(path, "offramp quantize")  # its methods and task-quality checks are the LM head's
 
 
 def _check_disk(out: Path, src: str) -> None:

@@ -283,3 +283,24 @@ def test_serve_of_a_classifier_takes_the_chat_face_path(classifier: Path) -> Non
         res = run_cli("serve", str(classifier / "merged"), "--port", str(taken))
     assert res.returncode != 0 and f"port {taken} on 127.0.0.1 is already in use" in res.stderr
     assert "--cascade-port" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "names"),
+    [
+        (["quantize", "{merged}", "--method", "w8a8-int8-rtn"], "offramp quantize needs a causal LM"),
+        (["eval", "--task", "banking77", "--limit-per-label", "1", "--system", "cls={merged}", "--no-baseline"],
+         "system 'cls' (lm-eval's causal LM) needs a causal LM"),
+    ],
+    ids=["quantize", "eval"],
+)  # fmt: skip
+def test_generative_only_commands_refuse_a_classifier_in_one_line(
+    classifier: Path, tmp_path: Path, command: list[str], names: str
+) -> None:
+    """Loaded as a causal LM, a classifier gets a random LM head and answers garbage without a word: refused."""
+    args = [a.format(merged=classifier / "merged") for a in command]
+    res = run_cli(*args, "--out", str(tmp_path / "out"))
+    assert res.returncode != 0, res.stdout[-2000:]
+    assert "is a sequence-classification checkpoint (LlamaForSequenceClassification)" in res.stderr, res.stderr
+    assert names in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "out").exists()
