@@ -138,9 +138,10 @@ def classification_as_chat(cfg: CascadeSettings, reply: dict) -> tuple[dict, flo
     return chat, probs[best]
 
 
-def local_kind(url: str, headers: dict[str, str], timeout_s: float = 30.0) -> str:
+def local_kind(url: str, api_key: str | None, timeout_s: float = 30.0) -> str:
     """`classify` where the server at `url` (…/v1) serves vLLM's /classify (the pooling runner), else `chat`."""
     root = url.removesuffix("/v1")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         with httpx.Client(headers=headers, timeout=timeout_s, trust_env=False) as c:
             r = c.get(f"{root}/openapi.json")

@@ -168,19 +168,7 @@ def _serve_cascade(
     served this way even without --cascade: the router is its chat face, and with no --fallback it answers all."""
     if fallback is not None or threshold is not None or not _is_classifier(model):
         _check_cascade_args(cascade, fallback, threshold, local_url)
-    from offramp.serve.server import api_key_from_env, parse_adapters, port_is_free
-
-    key = api_key_from_env(api_key)
-    adapters = parse_adapters(adapter)
-    if local_url is None and len(adapters) > 1:
-        raise OfframpError("--cascade routes to one local candidate: give at most one --adapter (the tuned model)")
-    path = None
-    if local_url is None:
-        from offramp.store import resolve_model
-
-        path = resolve_model(model)
-    if not port_is_free(host, port):
-        raise OfframpError(f"port {port} on {host} is already in use; pick another with --cascade-port")
+    key, adapters, path = _cascade_inputs(model, adapter, api_key, local_url, host, port)
     from offramp.envs import require_env
 
     require_env("runtime")
@@ -190,12 +178,14 @@ def _serve_cascade(
 
     def settings(url: str, local_model: str, kind: str = "chat") -> CascadeSettings:
         named = label_list(labels, "--labels") if labels else None
+        if named is None and kind == "classify" and path:
+            named = classifier_labels(path)  # the checkpoint's id2label
         return CascadeSettings(
             local_url=url.rstrip("/"),
             local_model=local_model,
             fallback=Fallback.parse(fallback) if fallback else None,
             threshold=0.0 if threshold is None else threshold,
-            labels=named or (classifier_labels(path) if kind == "classify" and path else None),
+            labels=named,
             local_api_key=key,
             retries=fallback_retries,
             fallback_timeout_s=fallback_timeout,
@@ -205,8 +195,7 @@ def _serve_cascade(
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         if local_url is not None:
-            headers = {"Authorization": f"Bearer {key}"} if key else {}
-            cfg = settings(local_url, model, local_kind(local_url.rstrip("/"), headers))
+            cfg = settings(local_url, model, local_kind(local_url.rstrip("/"), key))
             probe_local(cfg)
             _run_router(cfg, host, port, api_key, None)
             return
@@ -227,6 +216,27 @@ def _serve_cascade(
             raise OfframpError(f"vLLM exited unexpectedly with code {server.wait()}; {server.log_tail_text()}")
     except KeyboardInterrupt:
         print("offramp: stopped the cascade", file=sys.stderr)
+
+
+def _cascade_inputs(
+    model: str, adapter: list[str], api_key: str | None, local_url: str | None, host: str, port: int
+) -> tuple[str | None, dict[str, Path], str | None]:
+    """Checked before the runtime env starts: the key, the adapters, the model's path (None with --local-url), the
+    router's port."""
+    from offramp.serve.server import api_key_from_env, parse_adapters, port_is_free
+
+    key = api_key_from_env(api_key)
+    adapters = parse_adapters(adapter)
+    if local_url is None and len(adapters) > 1:
+        raise OfframpError("--cascade routes to one local candidate: give at most one --adapter (the tuned model)")
+    path = None
+    if local_url is None:
+        from offramp.store import resolve_model
+
+        path = resolve_model(model)
+    if not port_is_free(host, port):
+        raise OfframpError(f"port {port} on {host} is already in use; pick another with --cascade-port")
+    return key, adapters, path
 
 
 def _check_cascade_args(cascade: bool, fallback: str | None, threshold: float | None, local_url: str | None) -> None:
