@@ -126,12 +126,16 @@ def classification_as_chat(cfg: CascadeSettings, reply: dict) -> tuple[dict, flo
     by_label = dict(zip(names, probs, strict=True))
     usage = reply.get("usage") or {}
     prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    # The label as one "token" whose logprob is log P(label): exp(sum of logprobs) is the confidence, as for a
+    # generative candidate, so offline curves (offramp eval) and this router threshold the same quantity.
+    logprobs = {"content": [{"token": label, "logprob": math.log(max(probs[best], 1e-300)), "top_logprobs": []}]}
+    choice = {"index": 0, "message": {"role": "assistant", "content": label}, "logprobs": logprobs}
     chat = {
         "id": reply.get("id", "offramp-classify"),
         "object": "chat.completion",
         "created": reply.get("created", int(time.time())),
         "model": cfg.local_model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": label}, "finish_reason": "stop"}],
+        "choices": [{**choice, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 0, "total_tokens": prompt_tokens},
         "offramp_probs": by_label,
     }

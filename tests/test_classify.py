@@ -304,3 +304,33 @@ def test_generative_only_commands_refuse_a_classifier_in_one_line(
     assert "is a sequence-classification checkpoint (LlamaForSequenceClassification)" in res.stderr, res.stderr
     assert names in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.vllm
+def test_offramp_eval_scores_the_classifier_through_its_chat_face(
+    classifier: Path, vllm_servers, tmp_path: Path
+) -> None:
+    """#19.4: `offramp eval` against the chat face: each query's label is the classifier's argmax and its `prob`
+    (what the cascade curve thresholds) is that label's probability, as transformers computes them."""
+    from offramp.serve.cascade import CascadeSettings, Router
+    from offramp.serve.server import free_port
+
+    server = vllm_servers(classifier / "merged")
+    gold = ["cards", "loans", "transfers", "transfers"]
+    task = write_task(tmp_path / "task", [chat(q, g) for q, g in zip(CHAT_QUERIES, gold, strict=True)], LABELS)
+    want, tol = served_reference(classifier, CHAT_QUERIES)
+    cfg = CascadeSettings(server.api_base, server.model_name, None, 0.0, labels=LABELS, local_kind="classify")
+    with Router(cfg, port=free_port()) as router:
+        spec = f"cls={router.url}/v1+model={server.model_name}+answers=free"
+        res = run_cli("eval", "--task", str(task), "--system", spec, "--no-baseline", "--out", str(tmp_path / "e"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((tmp_path / "e" / "eval_report.json").read_text())
+    cls = next(s for s in report["systems"] if s["name"] == "cls")
+    correct = 0
+    for row, ref, g in zip(cls["queries"], want, gold, strict=True):
+        best = max(range(len(LABELS)), key=lambda i: ref[i])
+        if ref[best] - sorted(ref)[-2] > 2 * tol:
+            assert row["free"]["label"] == LABELS[best], (row, ref)
+        assert row["free"]["prob"] == pytest.approx(ref[LABELS.index(row["free"]["label"])], abs=tol), (row, ref)
+        correct += row["free"]["label"] == g
+    assert cls["accuracy"]["value"] == pytest.approx(100 * correct / len(gold), abs=0.01)

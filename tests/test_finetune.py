@@ -272,6 +272,11 @@ def test_interrupt_then_resume_finishes(tiny_model: Path, train_file: Path, tmp_
     saved = sorted(int(p.name.split("-")[1]) for p in work.glob("checkpoint-*"))
     assert saved and 3 <= saved[-1] < 30
 
+    other = run_cli(*args, "lr=0.006")  # another hyper-parameter: resuming would mix two runs in one adapter
+    assert other.returncode != 0 and "holds an interrupted run with other inputs" in other.stderr
+    assert "--fresh" in other.stderr and "Traceback" not in other.stderr
+    assert (work / f"checkpoint-{saved[-1]}").is_dir() and not out.exists()  # refused, nothing touched
+
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"resuming from {work / f'checkpoint-{saved[-1]}'}" in res.stdout
@@ -280,6 +285,16 @@ def test_interrupt_then_resume_finishes(tiny_model: Path, train_file: Path, tmp_
     assert report["resumed_from"] == f"checkpoint-{saved[-1]}"
     assert [p["step"] for p in report["loss_curve"]] == list(range(1, 31))
     assert not work.exists()
+
+    # --fresh discards a stale interrupted run (here: one with other inputs) and starts from step 0
+    out2, work2 = tmp_path / "run2", tmp_path / ".run2.work"
+    (work2 / "checkpoint-7").mkdir(parents=True)
+    (work2 / "offramp_run.json").write_text(json.dumps({"fingerprint": "stale", "previous_wall_s": 9.0, "sessions": 3}))
+    fresh = run_cli(*args[:-1], str(out2), "max_steps=2", "--fresh")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    report = json.loads((out2 / "finetune_report.json").read_text())
+    assert report["steps"] == 2 and report["sessions"] == 1 and report["resumed_from"] is None
+    assert not work2.exists()
 
 
 def test_qlora_trains_on_this_host(tiny_model: Path, train_file: Path, tmp_path: Path) -> None:
