@@ -100,10 +100,9 @@ def _choice_confidence(lls: list[float]) -> dict:
 def run_local(system: LocalSystem, task: EvalTask, *, batch_size: int = 8, device: str | None = None) -> Answers:
     from lm_eval.models.huggingface import HFLM
 
-    from offramp.store import require_causal_lm, resolve_model
+    from offramp.store import resolve_model
 
     path = resolve_model(system.model)
-    require_causal_lm(path, f"system {system.name!r} (lm-eval's causal LM)")
     device = device or accelerator()
     dtype = model_dtype("eval", "cuda" if device.startswith("cuda") else "cpu")
     try:

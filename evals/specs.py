@@ -20,6 +20,7 @@ from pathlib import Path
 
 from offramp.errors import OfframpError
 from offramp.providers import PROVIDERS
+from offramp.store import model_dir, require_causal_lm
 
 _NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*$")
 
@@ -120,6 +121,7 @@ def parse_system(arg: str) -> System:
     opts = _options(rest, {"adapter", "answers"}, spec)
     if "adapter" in opts and not Path(opts["adapter"]).is_dir():
         raise OfframpError(f"system spec {spec!r}: adapter {opts['adapter']} is not a directory")
+    require_causal_lm(Path(head) if Path(head).is_dir() else model_dir(head), f"system {name!r} (lm-eval's causal LM)")
     return LocalSystem(name, spec, head, opts.get("adapter"), answers=_answers(opts, spec))
 
 
