@@ -8,5 +8,5 @@ if [ ! -x .venv/bin/uv ]; then
   "$PY" -m venv .venv
   .venv/bin/python -m pip install -q --disable-pip-version-check "uv==0.13.9"
 fi
-.venv/bin/uv pip install -q -p .venv/bin/python -e ".[dev]"
+.venv/bin/uv pip install -q --compile-bytecode -p .venv/bin/python -e ".[dev]"  # .pyc: see offramp/envs.py
 .venv/bin/offramp setup runtime
