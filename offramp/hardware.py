@@ -85,7 +85,18 @@ def hardware_summary() -> str:
 
 
 def has_cuda() -> bool:
+    """nvidia-smi sees a GPU (the core env decides without importing torch)."""
     return bool(hardware_info()["gpus"])
+
+
+def torch_sees_cuda() -> bool:
+    """This env's torch can use a CUDA device: what code that runs on CUDA needs (a CPU-only torch on a GPU host
+    cannot). Checked only where torch is imported anyway: inside a stage env, and in the GPU tests."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 # --- where models run, and in what dtype: decided here for every stage ----------------------------------------------

@@ -10,9 +10,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
+
+from offramp.hardware import torch_sees_cuda
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,20 +71,20 @@ def cli():
     return run_cli
 
 
-def cuda_usable() -> bool:
-    """torch sees a CUDA device: what `gpu` tests need (a GPU host whose env has CPU-only torch cannot run them)."""
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+def finetune_result(run_dir: Path) -> tuple[Any, dict, list[float]]:
+    """A finetune run's report (validated against its schema), its plain dict and its per-step training losses."""
+    from offramp.artifacts import load_report
+
+    report = load_report(run_dir / "finetune_report.json", "finetune")
+    body = report.model_dump()
+    return report, body, [p["loss"] for p in body["loss_curve"]]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     gpu = [item for item in items if item.get_closest_marker("gpu")]
-    if not gpu or cuda_usable():
+    if not gpu or torch_sees_cuda():
         return
-    skip = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is false")
+    skip = pytest.mark.skip(reason="needs CUDA: this env's torch sees no CUDA device (hardware.torch_sees_cuda)")
     for item in gpu:
         item.add_marker(skip)
 

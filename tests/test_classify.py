@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import run_cli
+from conftest import finetune_result, run_cli
 
 SYSTEM = "Route the banking query to one queue."
 LABELS = ["cards", "loans", "transfers"]
@@ -63,11 +63,7 @@ def test_classifier_training_moves_the_loss_and_writes_a_seq_cls_checkpoint(clas
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from offramp.artifacts import load_report
-
-    report = load_report(classifier / "finetune_report.json", "finetune")
-    body = report.model_dump()
-    curve = [p["loss"] for p in body["loss_curve"]]
+    _, body, curve = finetune_result(classifier)
     assert body["head"] == "classify" and body["labels"] == LABELS and body["steps"] == 10
     assert curve[0] == pytest.approx(1.0986, abs=0.35), curve  # a fresh head over 3 labels: about ln 3 nats
     assert curve[-1] < curve[0] - 0.2, curve  # same batch every step: cross-entropy must fall

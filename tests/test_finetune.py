@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import finetune_result
 
 from offramp.errors import OfframpError
 
@@ -159,11 +160,7 @@ def trained(tiny_model: Path, train_file: Path, tmp_path_factory: pytest.TempPat
 
 
 def test_training_lowers_loss_and_reports(trained: Path) -> None:
-    from offramp.artifacts import load_report
-
-    report = load_report(trained / "finetune_report.json", "finetune")
-    body = report.model_dump()
-    curve = [p["loss"] for p in body["loss_curve"]]
+    report, body, curve = finetune_result(trained)
     assert body["steps"] == 12 and len(curve) == 12
     assert curve[-1] < curve[0] - 0.3, curve  # same batch every step: the loss must fall (nats)
     assert body["data"]["train"]["examples"] == len(QUERIES)

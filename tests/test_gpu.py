@@ -20,18 +20,11 @@ from typing import Any
 
 import pytest
 
-
-def cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
-
+from offramp.hardware import torch_sees_cuda
 
 # Also under --noconftest (scripts/gpu_check.sh on a box without the conftest's imports).
-NO_CUDA = "needs CUDA: torch.cuda.is_available() is false"
-GPU = [pytest.mark.gpu, pytest.mark.skipif(not cuda_available(), reason=NO_CUDA)]
+NO_CUDA = "needs CUDA: this env's torch sees no CUDA device (offramp.hardware.torch_sees_cuda)"
+GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch_sees_cuda(), reason=NO_CUDA)]
 
 
 def needs_cuda(test: Any) -> Any:
