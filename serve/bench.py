@@ -217,16 +217,34 @@ def render_workload(s: BenchSettings, tokenizer_ref: str, dest: Path) -> dict[st
 
 
 # --- one sweep ------------------------------------------------------------------------------------------------
-def vllm_bench_argv(s: BenchSettings, base: str, model: str, tokenizer: str, dataset: Path) -> list[str]:
-    ttft_ms, tpot_ms = s.slo_p99_ttft_s * 1000, s.slo_p99_tpot_ms
-    argv = ["--backend", "openai", "--base-url", base, "--endpoint", "/v1/completions", "--model", model]
-    argv += ["--tokenizer", tokenizer, "--dataset-name", "custom", "--dataset-path", str(dataset)]
-    argv += ["--skip-chat-template", "--disable-shuffle", "--num-prompts", str(s.num_prompts)]
-    output_len = "-1" if s.traffic is not None else str(s.output_len)  # -1: each line's own output_tokens
-    argv += ["--custom-output-len", output_len, "--temperature", "0", "--seed", str(s.seed)]
-    argv += ["--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99"]
-    argv += ["--goodput", f"ttft:{ttft_ms:g}", f"tpot:{tpot_ms:g}", "--save-result", "--save-detailed"]
+def vllm_bench_argv(
+    s: BenchSettings, base: str, model: str, tokenizer: str, dataset: Path, kind: str = "chat"
+) -> list[str]:
+    argv = ["--base-url", base, "--model", model, "--tokenizer", tokenizer, "--dataset-name", "custom"]
+    argv += ["--dataset-path", str(dataset), "--skip-chat-template", "--disable-shuffle"]
+    argv += ["--num-prompts", str(s.num_prompts), "--seed", str(s.seed), "--save-result", "--save-detailed"]
     argv += ["--disable-tqdm", "--label", "offramp"]
+    if kind == "classify":
+        return argv + _pooling_argv()
+    return argv + _generation_argv(s)
+
+
+def _pooling_argv() -> list[str]:
+    # vLLM 0.32's bench drives pooling models through POST /pooling (its URL must end in "pooling"); task classify
+    # runs the same score head and softmax as /classify. The prompt is already chat-templated (as /classify's
+    # messages would be rendered), so no special tokens are added again. A classifier has one latency: end to end.
+    argv = ["--backend", "vllm-pooling", "--endpoint", "/pooling", "--custom-output-len", "1"]
+    argv += ["--percentile-metrics", "e2el", "--metric-percentiles", "50,99"]
+    return argv + ["--extra-body", json.dumps({"task": "classify", "add_special_tokens": False})]
+
+
+def _generation_argv(s: BenchSettings) -> list[str]:
+    ttft_ms, tpot_ms = s.slo_p99_ttft_s * 1000, s.slo_p99_tpot_ms
+    argv = ["--backend", "openai", "--endpoint", "/v1/completions"]
+    output_len = "-1" if s.traffic is not None else str(s.output_len)  # -1: each line's own output_tokens
+    argv += ["--custom-output-len", output_len, "--temperature", "0"]
+    argv += ["--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99"]
+    argv += ["--goodput", f"ttft:{ttft_ms:g}", f"tpot:{tpot_ms:g}"]
     if s.ignore_eos:
         argv.append("--ignore-eos")
     if s.structured_choice:
@@ -234,9 +252,9 @@ def vllm_bench_argv(s: BenchSettings, base: str, model: str, tokenizer: str, dat
     return argv
 
 
-def run_sweep(s: BenchSettings, base: str, model: str, tokenizer: str, dataset: Path, raw: Path) -> None:
+def run_sweep(s: BenchSettings, base: str, model: str, tokenizer: str, dataset: Path, raw: Path, kind: str) -> None:
     spec = raw / "spec.json"
-    argv = vllm_bench_argv(s, base, model, tokenizer, dataset)
+    argv = vllm_bench_argv(s, base, model, tokenizer, dataset, kind)
     spec.write_text(json.dumps({"argv": argv, "concurrency": s.concurrency, "out_dir": str(raw), "base_url": base}))
     env = dict(os.environ)
     env.pop("OPENAI_API_KEY", None)  # never send an unrelated key to this endpoint
@@ -277,6 +295,19 @@ def _pcts(r: dict, metric: str) -> dict[str, float]:
         "mean": r.get(f"mean_{metric}_ms", 0.0),
         "p50": r.get(f"p50_{metric}_ms", r.get(f"median_{metric}_ms", 0.0)),
         "p99": r.get(f"p99_{metric}_ms", 0.0),
+    }
+
+
+def pooling_as_generation(result: dict, sent: int) -> dict:
+    """vLLM bench's result for a pooling load in the shape of a generation one: the answer is whole when it
+    arrives (TTFT = end-to-end latency), no token is generated, and the failed count is what did not complete."""
+    e2el = {k: v for k, v in result.items() if k.endswith("_e2el_ms")}
+    return {
+        **result,
+        **{k.replace("_e2el_", "_ttft_"): v for k, v in e2el.items()},
+        "failed": result.get("failed", sent - result["completed"]),
+        "total_output_tokens": 0,
+        "output_throughput": 0.0,
     }
 
 
@@ -363,15 +394,19 @@ def served_model(s: BenchSettings, base: str, info: dict[str, Any]) -> tuple[str
     return model, roots.get(model), s.tokenizer or base_model.get("root") or base_model["id"]
 
 
-def measure_points(s: BenchSettings, base: str, model: str, tokenizer: str, raw: Path) -> tuple[dict, list[dict]]:
+def measure_points(
+    s: BenchSettings, base: str, model: str, tokenizer: str, raw: Path, kind: str
+) -> tuple[dict, list[dict]]:
     """Render the load, sweep it, and read each level's result: (workload description, load points)."""
     dataset = raw / "workload.jsonl"
     workload = render_workload(s, tokenizer, dataset)
     s.concurrency = sorted(set(s.concurrency))
-    run_sweep(s, base, model, tokenizer, dataset, raw)
+    run_sweep(s, base, model, tokenizer, dataset, raw, kind)
     points = []
     for c in s.concurrency:
         result = json.loads((raw / f"c{c}.json").read_text())
+        if kind == "classify":
+            result = pooling_as_generation(result, s.num_prompts)
         if result.get("failed") or not result.get("completed"):
             raise OfframpError(
                 f"{result.get('failed')} of {s.num_prompts} requests failed at concurrency {c}"
@@ -394,14 +429,19 @@ def price_points(points: list[dict], price: dict | None, utilisation: float, spl
     return sustainable, None
 
 
-def _settings_section(s: BenchSettings, tokenizer: str) -> dict[str, Any]:
+def _settings_section(s: BenchSettings, tokenizer: str, kind: str) -> dict[str, Any]:
+    classifier = kind == "classify"
     return {
+        "endpoint_kind": "classifier (vLLM pooling runner)" if classifier else "generative",
         "concurrency": s.concurrency,
         "num_prompts": s.num_prompts,
-        "max_output_tokens": s.output_len if s.traffic is None else "per request (the captured request's cap)",
+        "max_output_tokens": (
+            0 if classifier else s.output_len if s.traffic is None else "per request (the captured request's cap)"
+        ),
         "ignore_eos": s.ignore_eos,
-        "temperature": 0,
-        "endpoint_path": "/v1/completions (prompts rendered with the model's chat template)",
+        "temperature": None if classifier else 0,
+        "endpoint_path": ("/pooling, task classify" if classifier else "/v1/completions")
+        + " (prompts rendered with the model's chat template)",
         "structured_choice": (
             {"labels": len(s.structured_choice), "source": s.structured_choice_source} if s.structured_choice else None
         ),
@@ -438,15 +478,20 @@ def run_bench(
     """Run the sweep and write `out/bench_report.json` (+ vLLM's raw results) atomically; return the report."""
     from offramp.artifacts import BenchReport
     from offramp.reports import write_report
+    from offramp.serve.cascade import local_kind
 
     check_settings(s, split)
     base = normalise_endpoint(s.endpoint)
     info = endpoint_info(base, s.api_key)
+    kind = local_kind(f"{base}/v1", s.api_key)
+    if kind == "classify" and s.structured_choice:
+        raise OfframpError(f"--structured-choice constrains generation; {base} is a classifier (it answers with "
+                           "one of its labels already): drop the flag")  # fmt: skip
     model, root, tokenizer = served_model(s, base, info)
     with atomic_dir(Path(out), overwrite=True, force=force) as tmp:
         raw = tmp / "raw"
         raw.mkdir()
-        workload, points = measure_points(s, base, model, tokenizer, raw)
+        workload, points = measure_points(s, base, model, tokenizer, raw, kind)
         sustainable, cost = price_points(points, price, utilisation, split)
         body = {
             "model": model,
@@ -458,7 +503,7 @@ def run_bench(
             "knee": knee(points),
             "prefix_cache_hit_rate": _overall_hit_rate(points),
             "workload": workload,
-            "settings": _settings_section(s, tokenizer),
+            "settings": _settings_section(s, tokenizer, kind),
             "server": _server_section(base, info),
             "server_counted_totals": {
                 k: sum(p["server_counted"][k] for p in points) for k in ("prompt_tokens", "generation_tokens")

@@ -348,18 +348,28 @@ class Cascade:
         out = {**payload, "model": model, "offramp_route": "fallback"}
         return JSONResponse(out, headers={**headers, "x-offramp-route": "fallback"})
 
-    async def classify(self, request: Request) -> Response:
-        """vLLM's /classify passed through (every label's probability), under the router's key and metrics."""
+    async def pooling_passthrough(self, request: Request) -> Response:
+        """vLLM's /classify (every label's probability) and /pooling (what `vllm bench serve` drives) passed
+        through under the router's key, so a benchmark of this endpoint counts the router's hop too."""
         cfg = self.cfg
         try:
             body = await request.json()
         except ValueError:
             return _error("the body must be JSON", 400, "invalid_request_error")
+        url = f"{cfg.local_root}{request.url.path}"
         try:
-            r = await self.clients["local"].post(f"{cfg.local_root}/classify", json=body, headers=cfg.local_headers())
+            r = await self.clients["local"].post(url, json=body, headers=cfg.local_headers())
         except httpx.HTTPError as e:
             return _error(f"offramp: local classifier unreachable ({type(e).__name__})", 502)
         return Response(r.content, status_code=r.status_code, media_type="application/json")
+
+    async def local_models(self) -> list[dict]:
+        """The local server's own /v1/models entries (id, root), or none when it does not answer."""
+        try:
+            r = await self.clients["local"].get(f"{self.cfg.local_url}/models", headers=self.cfg.local_headers())
+            return r.json().get("data", []) if r.status_code == 200 else []
+        except (httpx.HTTPError, ValueError):
+            return []
 
     async def health(self) -> Response:
         cfg = self.cfg
@@ -380,16 +390,17 @@ def build_app(cfg: CascadeSettings) -> FastAPI:
     app.get("/health")(cascade.health)
     app.post("/v1/chat/completions")(cascade.chat)
     if cfg.local_kind == "classify":
-        app.post("/classify")(cascade.classify)
+        app.post("/classify")(cascade.pooling_passthrough)
+        app.post("/pooling")(cascade.pooling_passthrough)
 
     @app.get("/v1/models")
     async def models() -> dict:
         fallback = cfg.fallback.model if cfg.fallback else None
         meta = {"local": cfg.local_model, "fallback": fallback, "threshold": cfg.threshold, "kind": cfg.local_kind}
-        return {
-            "object": "list",
-            "data": [{"id": "offramp-cascade", "object": "model", "owned_by": "offramp", "offramp": meta}],
-        }
+        data = [{"id": "offramp-cascade", "object": "model", "owned_by": "offramp", "offramp": meta}]
+        if cfg.local_kind == "classify":  # first, with its checkpoint as root: what `offramp bench` drives (/pooling)
+            data = [*await cascade.local_models(), *data]
+        return {"object": "list", "data": data}
 
     return app
 

@@ -419,11 +419,18 @@ def _print_summary(report: dict, out: Path) -> None:
     if cost and "fully_utilised_floor" in cost:
         f, u = cost["fully_utilised_floor"], cost["at_utilisation"]
         hp = cost["host_price"]
-        console.print(
-            f"$ per 1M tokens at {hp['value']} USD/h ({hp['source']}): floor input {f['input']:.4f}, output "
-            f"{f['output']:.4f}; at {cost['utilisation']:.0%} utilisation input {u['input']:.4f}, "
-            f"output {u['output']:.4f}"
-        )
+        if f["output"] is None:  # a classifier: no output tokens, a request costs its input only
+            console.print(
+                f"$ per 1M requests at {hp['value']} USD/h ({hp['source']}): floor {f['per_million_requests']:.4f}, "
+                f"at {cost['utilisation']:.0%} utilisation {u['per_million_requests']:.4f} (input "
+                f"{f['input']:.4f} per 1M tokens)"
+            )
+        else:
+            console.print(
+                f"$ per 1M tokens at {hp['value']} USD/h ({hp['source']}): floor input {f['input']:.4f}, output "
+                f"{f['output']:.4f}; at {cost['utilisation']:.0%} utilisation input {u['input']:.4f}, "
+                f"output {u['output']:.4f}"
+            )
         console.print(f"split rule: {cost['split_rule']}")
     elif cost:
         console.print(f"cost: {cost['error']}")

@@ -66,17 +66,19 @@ def cost_per_million(point: dict, price: dict, *, utilisation: float, split: str
     if not 0 < utilisation <= 1:
         raise OfframpError(f"utilisation must be in (0, 1], got {utilisation}")
     tin, tout = point["input_tokens_per_s"], point["output_tokens_per_s"]
-    if tin <= 0 or tout <= 0:
+    classifier = point.get("output_tokens") == 0  # a pooling load generates nothing: input pays for everything
+    if tin <= 0 or (tout <= 0 and not classifier) or point.get("requests_per_s", 0) <= 0:
         raise OfframpError("the sustainable load point has no input or output throughput to price")
     per_s = price["value"] / 3600.0
     share, rule = input_cost_share(point, split)
     floor = {
         "input": per_s * share / tin * 1e6,
-        "output": per_s * (1 - share) / tout * 1e6,
+        "output": per_s * (1 - share) / tout * 1e6 if tout > 0 else None,
         "blended_total": per_s / (tin + tout) * 1e6,
+        "per_million_requests": per_s / point["requests_per_s"] * 1e6,
     }
     return {
-        "unit": "USD per 1M tokens",
+        "unit": "USD per 1M tokens (per_million_requests: USD per 1M requests of this load's mix)",
         "host_price": price,
         "throughput": {
             "input_tokens_per_s": tin,
@@ -86,11 +88,15 @@ def cost_per_million(point: dict, price: dict, *, utilisation: float, split: str
         },
         "split_rule": rule,
         "input_cost_share": share,
-        "fully_utilised_floor": {k: round(v, 6) for k, v in floor.items()},
+        "fully_utilised_floor": {k: _round(v) for k, v in floor.items()},
         "utilisation": utilisation,
-        "at_utilisation": {k: round(v / utilisation, 6) for k, v in floor.items()},
+        "at_utilisation": {k: _round(v / utilisation if v is not None else None) for k, v in floor.items()},
         "note": (
             "floor: the host serves the SLO-meeting load every second it is paid for; at_utilisation: the host is "
             f"paid for 100 % of the time but busy {utilisation:.0%} of it (traffic is not flat), so cost / utilisation"
         ),
     }
+
+
+def _round(v: float | None) -> float | None:
+    return round(v, 6) if v is not None else None

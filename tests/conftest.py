@@ -71,6 +71,12 @@ def cli():
     return run_cli
 
 
+def chat_record(system: str, query: str, label: str) -> dict:
+    """One labelled chat record as `offramp data prepare` writes it: system, user query, assistant label."""
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": query}]
+    return {"messages": [*messages, {"role": "assistant", "content": label}]}
+
+
 def finetune_result(run_dir: Path) -> tuple[Any, dict, list[float]]:
     """A finetune run's report (validated against its schema), its plain dict and its per-step training losses."""
     from offramp.artifacts import load_report

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import finetune_result, run_cli
+from conftest import chat_record, finetune_result, run_cli
 
 SYSTEM = "Route the banking query to one queue."
 LABELS = ["cards", "loans", "transfers"]
@@ -24,13 +24,7 @@ QUERIES = {
 
 
 def chat(query: str, label: str) -> dict:
-    return {
-        "messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": query},
-            {"role": "assistant", "content": label},
-        ]
-    }
+    return chat_record(SYSTEM, query, label)
 
 
 def write_task(d: Path, records: list[dict], labels: list[str] | None) -> Path:
@@ -215,6 +209,54 @@ def test_chat_face_answers_the_label_through_the_official_openai_client(classifi
             f"{router.url}/classify", json={"model": server.model_name, "input": ["hello"]}, timeout=60
         )
         assert passthrough.status_code == 200 and passthrough.json()["data"][0]["num_classes"] == len(LABELS)
+
+
+@pytest.mark.vllm
+def test_bench_drives_the_classifier_through_pooling_and_break_even_prices_input_only(
+    classifier: Path, vllm_servers, tmp_path: Path
+) -> None:
+    """#19.4: `offramp bench` on the chat face's URL drives vLLM's pooling path (vllm bench serve, /pooling task
+    classify) and prices a request by its input alone; the break-even's capacity then ignores output tokens."""
+    from offramp.serve.cascade import CascadeSettings, Router
+    from offramp.serve.server import free_port
+
+    server = vllm_servers(classifier / "merged")
+    load = tmp_path / "load.jsonl"
+    load.write_text("".join(json.dumps(r) + "\n" for r in records()[:15]))
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps(LABELS))
+    cfg = CascadeSettings(server.api_base, server.model_name, None, 0.0, labels=LABELS, local_kind="classify")
+    bench = ["bench", "--workload", str(load), "--concurrency", "1,4", "--num-prompts", "12"]
+    with Router(cfg, port=free_port()) as router:
+        res = run_cli(*bench, router.url, "--host-price-per-hour", "0.36", "--out", str(tmp_path / "b"))
+        assert res.returncode == 0, res.stderr[-3000:]
+        bad = run_cli(*bench, router.url, "--structured-choice", str(labels), "--out", str(tmp_path / "bad"))
+    assert bad.returncode != 0 and "is a classifier" in bad.stderr and not (tmp_path / "bad").exists()
+    assert "$ per 1M requests" in res.stdout
+    report = json.loads((tmp_path / "b" / "bench_report.json").read_text())
+    assert report["model"] == server.model_name and report["settings"]["endpoint_kind"].startswith("classifier")
+    for p in report["points"]:
+        assert (p["completed"], p["failed"], p["output_tokens"]) == (12, 0, 0) and p["requests_per_s"] > 0
+        # vLLM counted exactly the tokens the chat template rendered here: nothing added or dropped on the way
+        assert p["input_tokens"] == report["workload"]["prompt_tokens_per_level"]
+        assert 0 < p["ttft_ms"]["p50"] <= p["ttft_ms"]["p99"]
+    floor, sustainable = report["cost"]["fully_utilised_floor"], report["sustainable"]
+    assert floor["output"] is None
+    assert floor["per_million_requests"] == pytest.approx(0.36 / 3600 / sustainable["requests_per_s"] * 1e6, rel=1e-3)
+    costs = {}
+    for out_tokens in (3, 300):
+        out = tmp_path / f"be{out_tokens}"
+        res = run_cli("breakeven", "--api", "gpt-4o-mini", "--bench", str(tmp_path / "b" / "bench_report.json"),
+                      "--requests-per-month", "1000000", "--output-tokens", str(out_tokens),
+                      "--input-tokens", str(report["workload"]["prompt_tokens_mean"]),
+                      "--host-price-per-hour", "0.36", "--out", str(out))  # fmt: skip
+        assert res.returncode == 0, res.stderr[-3000:]
+        body = json.loads((out / "breakeven_report.json").read_text())
+        costs[out_tokens] = (body["self_hosted"]["cost"]["capacity_rps"]["value"],
+                             body["api"]["cost"]["monthly_usd"]["value"])  # fmt: skip
+        assert "generates no tokens" in body["self_hosted"]["split_rule"]
+    assert costs[3][0] == pytest.approx(costs[300][0])  # a classifier's capacity does not depend on output tokens
+    assert costs[300][1] > costs[3][1]  # the API's bill does
 
 
 @pytest.mark.vllm

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import finetune_result
+from conftest import chat_record, finetune_result
 
 from offramp.errors import OfframpError
 
@@ -30,13 +30,7 @@ QUERIES = [
 
 
 def chat(query: str, label: str) -> dict:
-    return {
-        "messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": query},
-            {"role": "assistant", "content": label},
-        ]
-    }
+    return chat_record(SYSTEM, query, label)
 
 
 def write_jsonl(path: Path, records: list) -> Path:

@@ -151,12 +151,19 @@ class Capacity(_AsDict):
         return w.input_tokens * self.seconds_per_input_token / self.seconds_per_request(w)
 
 
+CLASSIFIER_RULE = (
+    "a classifier (vLLM's pooling runner) answers in one forward pass and generates no tokens: all host time goes "
+    "to input tokens, and a request costs its input tokens only"
+)
+
+
 def capacity_from_point(
     point: LoadPoint, output_weight: float | None = None, *, prefill_point: LoadPoint | None = None
 ) -> Capacity:
     """Host time per token at a measured load point.
 
     Rules, first that applies:
+    - a point with no output tokens at all (a classifier's /pooling load): every host second is input;
     - `output_weight` K: one output token costs as much host time as K input tokens (stated by the user);
     - fitted (a `prefill_point`, the sweep's lowest load): prefill seconds per input token from its mean TTFT,
       where requests barely queue; at the sustainable point the host is busy all the time, so decode gets the
@@ -165,6 +172,8 @@ def capacity_from_point(
       queueing included) is charged to input tokens.
     """
     tin, tout = point.input_tokens_per_s, point.output_tokens_per_s
+    if point.completed > 0 and tin > 0 and point.output_tokens == 0:
+        return Capacity(1.0 / tin, 0.0, 1.0, CLASSIFIER_RULE)
     if point.completed <= 0 or tin <= 0 or tout <= 0:
         raise OfframpError("the sustainable load point has no completed requests or no token throughput")
     if output_weight is not None:
@@ -218,7 +227,10 @@ def bench_range_warnings(w: Workload, points: list[LoadPoint], factor: float = 2
     if not done:
         return []
     warnings = []
-    for what, mine in (("input", w.input_tokens), ("output", w.output_tokens)):
+    measured = [("input", w.input_tokens), ("output", w.output_tokens)]
+    if all(p.output_tokens == 0 for p in done):  # a classifier: its capacity does not depend on output tokens
+        measured = measured[:1]
+    for what, mine in measured:
         per_request = [getattr(p, f"{what}_tokens") / p.completed for p in done]
         lo, hi = min(per_request), max(per_request)
         if mine > hi * factor or mine < lo / factor:
@@ -322,7 +334,7 @@ def self_hosted_cost(w: Workload, cap: Capacity, price_per_hour: float, **hostin
         input_cost_share=share,
         per_request_usd=host / r if r > 0 else None,
         per_1m_input_usd=host * share / (r * w.input_tokens) * 1e6 if r > 0 else None,
-        per_1m_output_usd=host * (1 - share) / (r * w.output_tokens) * 1e6 if r > 0 else None,
+        per_1m_output_usd=host * (1 - share) / (r * w.output_tokens) * 1e6 if r > 0 and w.output_tokens else None,
         floor_per_1m_input_usd=per_sec * cap.seconds_per_input_token * 1e6,
         floor_per_1m_output_usd=per_sec * cap.seconds_per_output_token * 1e6,
     )

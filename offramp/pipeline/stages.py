@@ -239,7 +239,7 @@ def evaluate(i: Inputs, w: Path, up: Up) -> None:
             "eval", *_task_args(i, up), *systems, *_gate_args(i), "--concurrency", str(c.eval.concurrency),
             "--candidate", _candidate(up), "--out", str(w), log=_log(w),
         )  # fmt: skip
-        if c.serve.enabled:  # benchmark the same server now: one vLLM start-up (~2 min on 2 cores) less
+        if c.serve.enabled:  # benchmark the same server now: one vLLM start-up (~70 s on 2 cores) less
             try:
                 run_bench(i, urls["base"], w / "bench", up, _log(w))
             except StageFailed as e:  # the bench stage then starts its own server

@@ -1,0 +1,187 @@
+"""Classifier head vs constrained generation (issue 19.6): one run, one host, written as JSON.
+
+1. the default pipeline's Banking77 data (20 train rows per label, the 231-query test subset);
+2. `offramp finetune --head classify` (the classify recipe; --max-steps overrides its budget);
+3. `offramp bench` of SmolLM2 with answers constrained to the 77 labels (vLLM structured outputs, the LM head's
+   serving path) and of the classifier through its chat face (/pooling, task classify), at c = 1, 4, 16, the
+   same prompts, one server at a time so neither takes CPU from the other;
+4. `offramp eval` of the classifier on the 231 queries (the LM head's accuracy at the default budget is read from
+   the committed default run, scripts/results/offramp_run_default_cpu.json);
+5. `offramp breakeven` against gpt-4o-mini on the default workload with each bench.
+
+Run it alone on the box: `~/.cache/offramp/envs/runtime/bin/python scripts/bench_classifier.py`
+(~15 min on 2 cores). Ratios, not absolute times, compare across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from offramp.hardware import hardware_info
+from offramp.paths import write_json
+from offramp.reports import now_iso
+from offramp.serve.server import free_port, stop_group
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "smollm2-135m-instruct"
+DEFAULT_RUN = ROOT / "scripts" / "results" / "offramp_run_default_cpu.json"
+
+
+def offramp(*args: str, log: Path) -> None:
+    with open(log, "a") as f:
+        f.write(f"$ offramp {' '.join(args)}\n")
+        f.flush()
+        proc = subprocess.run([sys.executable, "-m", "offramp", *args], stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        sys.exit(f"offramp {args[0]} failed (exit {proc.returncode}); see {log}")
+
+
+@contextmanager
+def served(target: str, log: Path):
+    """`offramp serve TARGET` on a free loopback port until the block ends; yields its base URL."""
+    port = free_port()
+    with open(log, "a") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "offramp", "serve", target, "--port", str(port)],
+                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 900
+        while True:
+            if proc.poll() is not None:
+                sys.exit(f"offramp serve {target} exited {proc.returncode}; see {log}")
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                sys.exit(f"offramp serve {target} did not come up in 900 s; see {log}")
+            time.sleep(1)
+        yield url
+    finally:
+        stop_group(proc)
+
+
+def bench(url: str, out: Path, log: Path, args: argparse.Namespace, extra: list[str]) -> dict:
+    load = ["--workload", str(args.work / "data" / "test.jsonl"), "--concurrency", args.concurrency]
+    offramp("bench", url, *load, "--num-prompts", str(args.num_prompts), "--host", args.host, "--out", str(out),
+            *extra, log=log)  # fmt: skip
+    return json.loads((out / "bench_report.json").read_text())
+
+
+def points(report: dict) -> list[dict]:
+    keep = ("concurrency", "requests_per_s", "input_tokens_per_s", "output_tokens_per_s")
+    return [
+        {**{k: p[k] for k in keep}, "p50_latency_ms": p["e2el_ms"]["p50"], "p99_latency_ms": p["e2el_ms"]["p99"]}
+        for p in report["points"]
+    ]
+
+
+def breakeven(bench_dir: Path, out: Path, log: Path, args: argparse.Namespace) -> dict:
+    offramp("breakeven", "--api", "gpt-4o-mini", "--bench", str(bench_dir / "bench_report.json"),
+            "--requests-per-month", "1000000", "--peak-to-average", "3.0", "--host", args.host,
+            "--api-prompts", str(args.work / "data" / "api_prompts.jsonl"), "--out", str(out), log=log)  # fmt: skip
+    body = json.loads((out / "breakeven_report.json").read_text())
+    sh = body["self_hosted"]["cost"]
+    return {
+        "verdict": body["decision"]["verdict"],
+        "api_monthly_usd": body["api"]["cost"]["monthly_usd"]["value"],
+        "self_hosted_monthly_usd": sh["monthly_usd"]["value"],
+        "capacity_rps_per_replica": sh["capacity_rps"]["value"],
+        "break_even": body.get("break_even"),
+        "split_rule": body["self_hosted"]["split_rule"],
+    }
+
+
+def lm_head_accuracy() -> dict | None:
+    if not DEFAULT_RUN.is_file():
+        return None
+    run = json.loads(DEFAULT_RUN.read_text())
+    tuned = run["quality"]["tuned"]
+    where = f"{DEFAULT_RUN.relative_to(ROOT)} (the default `offramp run`: LM head, default recipe)"
+    return {"accuracy": tuned["accuracy"], "mode": tuned["mode"], "hardware": run["hardware"], "source": where}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "serve" / "results" / "classifier_vs_generation.json")
+    ap.add_argument("--max-steps", type=int, default=None, help="classifier training steps (default: the recipe's)")
+    ap.add_argument("--concurrency", default="1,4,16")
+    ap.add_argument("--num-prompts", type=int, default=64)
+    ap.add_argument("--host", default="aws-c7i-xlarge")
+    ap.add_argument("--work", type=Path, default=None, help="keep the intermediate artifacts here")
+    args = ap.parse_args()
+    args.work = args.work or Path(tempfile.mkdtemp(prefix="offramp-cls-"))
+    log = args.work / "bench_classifier.log"
+    print(f"work dir {args.work}; log {log}", flush=True)
+
+    offramp("data", "prepare", "banking77", "--out", str(args.work / "data"), "--per-label", "20",
+            "--test-per-label", "3", "--seed", "0", "--prompt-style", "short", log=log)  # fmt: skip
+    steps = ["--max-steps", str(args.max_steps)] if args.max_steps else []
+    t0 = time.monotonic()
+    offramp("finetune", MODEL, "--data", str(args.work / "data" / "train.jsonl"), "--head", "classify",
+            "--out", str(args.work / "cls"), *steps, log=log)  # fmt: skip
+    train_s = time.monotonic() - t0
+    ft = json.loads((args.work / "cls" / "finetune_report.json").read_text())
+
+    labels = str(args.work / "data" / "labels.json")
+    with served(MODEL, log) as url:
+        gen = bench(url, args.work / "bench-gen", log, args, ["--structured-choice", labels])
+    with served(str(args.work / "cls" / "merged"), log) as url:
+        cls = bench(url, args.work / "bench-cls", log, args, [])
+        offramp("eval", "--task", "banking77", "--limit-per-label", "3", "--seed", "0",
+                "--system", f"classifier={url}/v1+model=offramp-cascade", "--no-baseline",
+                "--out", str(args.work / "eval-cls"), log=log)  # fmt: skip
+    ev = json.loads((args.work / "eval-cls" / "eval_report.json").read_text())
+    system = next(s for s in ev["systems"] if s["name"] == "classifier")
+
+    gen_points, cls_points = points(gen), points(cls)
+    body = {
+        "what": "SmolLM2-135M-Instruct on Banking77 (77 labels): a LoRA classifier head served by vLLM's pooling "
+        "runner through offramp's chat face vs the base model answering by constrained generation "
+        "(structured outputs over the labels), the same prompts, one server at a time",
+        "measured_at": now_iso(),
+        "hardware": hardware_info(),
+        "source": "measured here by scripts/bench_classifier.py",
+        "workload": {
+            "prompts": gen["workload"]["description"],
+            "num_prompts_per_level": args.num_prompts,
+            "prompt_tokens_mean": cls["workload"]["prompt_tokens_mean"],
+        },  # fmt: skip
+        "constrained_generation": {"model": MODEL, "points": gen_points, "cost": gen.get("cost")},
+        "classifier": {"model": f"{MODEL} + LoRA classify head", "points": cls_points, "cost": cls.get("cost")},
+        "requests_per_s_ratio": {
+            str(g["concurrency"]): c["requests_per_s"] / g["requests_per_s"]
+            for g, c in zip(gen_points, cls_points, strict=True)
+        },
+        "accuracy": {
+            "classifier": {
+                "accuracy": system["accuracy"],
+                "macro_f1": system.get("macro_f1"),
+                "n_queries": ev.get("n_queries"),
+                "train_steps": ft.get("steps"),
+                "train_wall_s": round(train_s, 1),
+                "scorer": "argmax of the head (the chat face's label)",
+            },
+            "lm_head_default_run": lm_head_accuracy(),
+        },  # fmt: skip
+        "breakeven": {
+            "constrained_generation": breakeven(args.work / "bench-gen", args.work / "be-gen", log, args),
+            "classifier": breakeven(args.work / "bench-cls", args.work / "be-cls", log, args),
+        },
+    }
+    write_json(args.out, body)
+    print(json.dumps({"ratio": body["requests_per_s_ratio"], "accuracy": body["accuracy"]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
