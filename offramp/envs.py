@@ -124,7 +124,8 @@ def ensure_env(name: str, *, quiet: bool = False) -> Path:
     if have.get("lock_sha256") != want["lock_sha256"] or not have.get("bytecode") or not python.exists():
         (root / STAMP).unlink(missing_ok=True)
         # Compiled once here: uv writes no .pyc, and where PYTHONDONTWRITEBYTECODE is set (CI images) every import
-        # would compile vLLM's, torch's and transformers' sources again; a vLLM start took 142 s instead of 68 s.
+        # would compile vLLM's, torch's and transformers' sources again: a vLLM start took 2.8x as long
+        # (results/startup/bytecode.json).
         sync = [uv, "pip", "sync", "--compile-bytecode", "-p", str(python), *_find_links(), str(lock)]
         subprocess.run(sync, check=True, stdout=out)
     target = ["-e", str(src)] if src else [f"offramp=={_version()}"]
