@@ -242,6 +242,40 @@ def test_eval_settings_reach_the_eval_command_and_its_cache_key():
     assert len({key, eval_stage(concurrency=4)[1], eval_stage(base_answers="both")[1]}) == 3
 
 
+def test_eval_settings_reach_the_eval_commands_argv(tmp_path, monkeypatch):
+    """The eval stage run for real up to its subprocess: its argv carries the configured concurrency and base
+    answers (the servers are replaced by fixed URLs, the commands recorded instead of run)."""
+    from contextlib import contextmanager
+
+    from offramp.pipeline import stages as stages_mod
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    calls: list[list[str]] = []
+    monkeypatch.setattr(stages_mod, "offramp_cmd", lambda *args, log: calls.append(list(args)))
+
+    @contextmanager
+    def fixed_urls(i, w, up, checkpoints):
+        yield {"base": "http://127.0.0.1:9", **dict.fromkeys(checkpoints, "http://127.0.0.1:9")}
+
+    monkeypatch.setattr(stages_mod, "served_all", fixed_urls)
+
+    def eval_argv(**ev) -> list[str]:
+        calls.clear()
+        stage = next(s for s in build_stages(PipelineConfig.model_validate({"eval": ev})) if s.name == "eval")
+        work = tmp_path / f"eval-{len(list(tmp_path.iterdir()))}"
+        work.mkdir()
+        stage.run(work, {"pull": tmp_path, "data": tmp_path / "data", "finetune": tmp_path / "ft"})
+        return next(c for c in calls if c[0] == "eval")
+
+    argv = eval_argv(concurrency=4)
+    assert argv[argv.index("--concurrency") + 1] == "4"
+    systems = [argv[i + 1] for i, a in enumerate(argv) if a == "--system"]
+    assert "base=http://127.0.0.1:9/v1+model=base+answers=constrained" in systems
+    assert "tuned=http://127.0.0.1:9/v1+model=tuned" in systems
+    both = eval_argv(base_answers="both")
+    assert both[both.index("--concurrency") + 1] == "16" and "base=http://127.0.0.1:9/v1+model=base" in both
+
+
 def _keys(cfg: PipelineConfig) -> dict[str, str]:
     from offramp.pipeline.runner import stage_key
 
