@@ -24,12 +24,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
 from offramp.hardware import hardware_info
 from offramp.paths import write_json
 from offramp.reports import now_iso
-from offramp.serve.server import free_port, stop_group
+from offramp.serve.server import free_port, stop_group, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -54,18 +52,7 @@ def served(target: str, log: Path):
                                 stdout=f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 900
-        while True:
-            if proc.poll() is not None:
-                sys.exit(f"offramp serve {target} exited {proc.returncode}; see {log}")
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                sys.exit(f"offramp serve {target} did not come up in 900 s; see {log}")
-            time.sleep(1)
+        wait_until_healthy(proc, url, 900, f"offramp serve {target}", lambda: f"see {log}")
         yield url
     finally:
         stop_group(proc)

@@ -15,6 +15,7 @@ Run it alone on the box (other load skews every number): `flock /tmp/offramp-hea
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -27,13 +28,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from offramp.hardware import hardware_info
 from offramp.paths import write_json
 from offramp.reports import now_iso
 from offramp.serve.bench import delta, hit_rate
-from offramp.serve.server import VllmServer, die_with_parent, free_port
+from offramp.serve.server import VllmServer, die_with_parent, free_port, stop_group, wait_until_healthy
 from offramp.store import resolve_model
 
 RANDOM_ARGS = ["--dataset-name", "random", "--random-input-len", "256", "--random-output-len", "64"]
@@ -68,30 +67,19 @@ def vllm_bench(base: str, model: str, tokenizer: str, args: list[str], concurren
 
 
 def wait_health(base: str, proc: subprocess.Popen, timeout: float = 900) -> float:
+    """Seconds from now until the server answers /health (offramp.serve.server's poll)."""
     t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return time.monotonic() - t0
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("server did not become healthy")
+    wait_until_healthy(proc, base, timeout, "server", lambda: "see its log in the work dir")
+    return time.monotonic() - t0
 
 
-def stop_group(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        return
-    try:
+def interrupt(proc: subprocess.Popen) -> None:
+    """Ctrl-C to the server's group, as a user stops `offramp serve`; then whatever is left is stopped."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    time.sleep(2)  # let the engine core and worker exit before the next server starts
+    stop_group(proc)
 
 
 def raw_server(model: str, name: str, work: Path, env_extra: dict[str, str] | None = None, **kw):
@@ -232,7 +220,7 @@ def measure_overhead(run: Run) -> tuple[list[str], dict]:
         custom += ["--custom-output-len", "16", "--ignore-eos", "--disable-shuffle"]
         prefix_on = run.bench(base, custom, 1, a.prefix_prompts)
     finally:
-        stop_group(proc, signal.SIGINT)  # what Ctrl-C does
+        interrupt(proc)
     result["offramp_serve"] = {"startup_s": startup, "command": cmd[1:], "c8": off}
     result["ratios"] = {
         "offramp_over_raw_output_tok_s": off["output_throughput"] / raw["output_throughput"],

@@ -19,12 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 from offramp.hardware import hardware_info
 from offramp.paths import write_json
 from offramp.reports import now_iso
-from offramp.serve.server import free_port, stop_group
+from offramp.serve.server import free_port, stop_group, wait_until_healthy
 from offramp.store import resolve_model
 from offramp.tiny import build_tiny_llama
 
@@ -54,15 +52,8 @@ def time_serve(model: Path, compiled: bool, empty: Path) -> float:
     proc = subprocess.Popen(cmd, env=env(compiled, empty), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # fmt: skip
     try:
-        while True:
-            if proc.poll() is not None:
-                sys.exit(f"offramp serve exited {proc.returncode}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                    return round(time.monotonic() - t0, 1)
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_until_healthy(proc, f"http://127.0.0.1:{port}", 900, "offramp serve", lambda: "")
+        return round(time.monotonic() - t0, 1)
     finally:
         stop_group(proc)
 
