@@ -329,7 +329,9 @@ def _bench(
     """Sweep load with vLLM's own `vllm bench serve`; find the highest load meeting the SLO; $ per 1M tokens.
 
     The load is --workload's prompts, or with --traffic the requests captured in a traffic store (oldest first,
-    cycled to --num-prompts), each capped at its own max_tokens (else the answer length the API returned)."""
+    cycled to --num-prompts), each capped at its own max_tokens (else the answer length the API returned). A
+    classifier endpoint (`offramp serve CLASSIFIER`, or vLLM's pooling runner) is driven through /pooling and priced
+    per request: it generates no tokens."""
     from offramp.data import label_list
     from offramp.paths import check_out
     from offramp.serve.bench import BenchSettings, normalise_endpoint
