@@ -23,7 +23,14 @@ def finetune(
     model: Annotated[str, typer.Argument(help="store name, checkpoint dir or hub id")],
     data: Annotated[Path, typer.Option(help="training chat JSONL")],
     eval_data: Annotated[Path | None, typer.Option(help="held-out chat JSONL: eval loss in the report")] = None,
-    recipe: Annotated[str, typer.Option(help="default, full, classify, or a recipe YAML file")] = "default",
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="default, full, classify, or a recipe YAML file [default: classify with "
+            "--head classify, else default]",
+            show_default=False,
+        ),
+    ] = None,
     head: Annotated[str | None, typer.Option(help=flag_help("head"))] = None,
     method: Annotated[str | None, typer.Option(help=flag_help("method"))] = None,
     rank: Annotated[int | None, typer.Option(help=flag_help("rank"))] = None,
@@ -59,6 +66,7 @@ def finetune(
     _check_inputs(flags["method"], [data, eval_data], host_price_per_hour)
     path = resolve_model(model)
     acc = accelerator()
+    recipe = recipe or ("classify" if head == "classify" else "default")  # a classifier's budget is its recipe's
     chosen = load_recipe(recipe, acc, flags, parse_overrides(settings or []))
     _check_head(chosen.head, model, path, [data, eval_data])
     require_env("runtime")
