@@ -34,6 +34,12 @@ def summarise(run_dir: Path) -> dict:
         "break_even": be.get("break_even"),
         "assumptions": be.get("assumptions"),
         "cascade": {k: (report.get("cascade") or {}).get(k) for k in ("escalation_share", "on_test", "all_api_test")},
+        "candidates": report.get("candidates"),  # the LM head and the classifier head side by side
+        "classifier_quality": {
+            s["name"]: {"source": s["source"], "mode": s.get("mode"), "accuracy": s["accuracy"]}
+            for s in ((report.get("classifier") or {}).get("eval") or {}).get("systems", [])
+        },
+        "classifier_break_even": ((report.get("classifier") or {}).get("breakeven") or {}).get("break_even"),
     }
 
 

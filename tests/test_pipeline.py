@@ -15,7 +15,7 @@ def test_embedded_default_config_is_valid():
     assert cfg.model == "smollm2-135m-instruct" and cfg.task.source == "banking77"
     names = [s.name for s in build_stages(cfg)]
     assert names[:2] == ["pull", "data"] and names[-4:] == ["eval", "bench", "breakeven", "cascade"]
-    assert cfg.quantize.methods == ["w8a8-int8-rtn"] and names[2:5] == ["finetune", "quantize", "eval"]
+    assert cfg.quantize.methods == ["w8a8-int8-rtn"] and names[2:6] == ["finetune", "classifier", "quantize", "eval"]
 
 
 def test_gpu_example_config_is_valid():
@@ -144,10 +144,10 @@ def _stages(**quantize) -> dict:
 
 def test_quantize_stage_only_when_methods_are_set():
     without = _stages(methods=[])
-    assert "quantize" not in without and list(without)[:4] == ["pull", "data", "finetune", "eval"]
+    assert "quantize" not in without and list(without)[:5] == ["pull", "data", "finetune", "classifier", "eval"]
     assert "merge" not in without["finetune"].config and "quantize" not in without["eval"].needs
     with_q = _stages(methods=["w8a8-int8-rtn"])
-    assert list(with_q)[:5] == ["pull", "data", "finetune", "quantize", "eval"]
+    assert list(with_q)[:6] == ["pull", "data", "finetune", "classifier", "quantize", "eval"]
     # the tuned model is merged so it can be quantized, and eval waits for the quantized checkpoints
     assert with_q["finetune"].config["merge"] is True and with_q["quantize"].needs == ["pull", "data", "finetune"]
     assert "quantize" in with_q["eval"].needs and with_q["quantize"].optional
@@ -276,6 +276,28 @@ def test_eval_settings_reach_the_eval_commands_argv(tmp_path, monkeypatch):
     assert both[both.index("--concurrency") + 1] == "16" and "base=http://127.0.0.1:9/v1+model=base" in both
 
 
+def test_the_classifier_stage_trains_a_label_head_only_on_a_labelled_task(tmp_path, monkeypatch):
+    import offramp.pipeline.stages as stages_mod
+
+    calls = []
+    monkeypatch.setattr(stages_mod, "offramp_cmd", lambda *args, log: calls.append(list(args)))
+    cfg = PipelineConfig.model_validate({"classifier": {"args": ["--max-steps", "32"]}})
+    stage = {s.name: s for s in build_stages(cfg)}["classifier"]
+    (tmp_path / "data" / "data").mkdir(parents=True)
+    (tmp_path / "free").mkdir()
+    stage.run(tmp_path / "free", {"pull": tmp_path, "data": tmp_path / "data"})  # no labels.json: free-text answers
+    outcome = json.loads((tmp_path / "free" / "classifier.json").read_text())
+    assert calls == [] and outcome["status"] == "not-classification"
+    (tmp_path / "data" / "data" / "labels.json").write_text('["a", "b"]')
+    (tmp_path / "cls").mkdir()
+    stage.run(tmp_path / "cls", {"pull": tmp_path, "data": tmp_path / "data"})
+    argv = calls[0]
+    assert argv[:2] == ["finetune", cfg.model] and argv[argv.index("--head") + 1] == "classify"
+    assert argv[argv.index("--recipe") + 1] == "classify" and argv[-2:] == ["--max-steps", "32"]
+    assert stages_mod.classifier_checkpoint({"classifier": tmp_path / "cls"}) == tmp_path / "cls" / "ft" / "merged"
+    assert stages_mod.classifier_checkpoint({"classifier": tmp_path / "free"}) is None
+
+
 def _keys(cfg: PipelineConfig) -> dict[str, str]:
     from offramp.pipeline.runner import stage_key
 
@@ -285,7 +307,7 @@ def _keys(cfg: PipelineConfig) -> dict[str, str]:
     return keys
 
 
-ALL = {"pull", "data", "finetune", "quantize", "eval", "bench", "breakeven", "cascade"}
+ALL = {"pull", "data", "finetune", "classifier", "quantize", "eval", "bench", "breakeven", "cascade"}
 AFTER_FINETUNE = {"finetune", "quantize", "eval", "bench", "breakeven", "cascade"}
 AFTER_EVAL = {"eval", "bench", "breakeven", "cascade"}
 
@@ -299,6 +321,8 @@ RERUNS = [
     ("task.seed", 1, ALL - {"pull"}),
     ("finetune.recipe", "full", AFTER_FINETUNE),
     ("finetune.args", ["--rank", "32"], AFTER_FINETUNE),
+    ("classifier.recipe", "default", {"classifier", *AFTER_EVAL}),
+    ("classifier.args", ["--max-steps", "32"], {"classifier", *AFTER_EVAL}),
     ("quantize.n_heldout", 8, {"quantize", *AFTER_EVAL}),
     ("quantize.args", ["--n-calib", "16"], {"quantize", *AFTER_EVAL}),
     ("gate", "accuracy>=baseline-1", AFTER_EVAL),
@@ -306,8 +330,8 @@ RERUNS = [
     ("serve.num_prompts", 8, AFTER_EVAL),  # the eval stage benchmarks its own server
     ("serve.args", ["--max-model-len", "1024"], AFTER_EVAL),
     # the fine-tune report carries its run cost at the host's price; eval and bench price the throughput
-    ("cost.host", "aws-c7i-2xlarge", AFTER_FINETUNE),
-    ("cost.host_price_per_hour", 0.5, AFTER_FINETUNE),
+    ("cost.host", "aws-c7i-2xlarge", {"classifier", *AFTER_FINETUNE}),
+    ("cost.host_price_per_hour", 0.5, {"classifier", *AFTER_FINETUNE}),
     ("cost.requests_per_month", 5_000_000, {"breakeven", "cascade"}),
     ("cost.peak_to_average", 2.0, {"breakeven", "cascade"}),
     ("cost.api_model", "gpt-4.1-mini", {"breakeven", "cascade"}),
@@ -350,6 +374,41 @@ def test_a_file_edited_in_place_reruns_what_reads_it(tmp_path):
     assert before["pull"] == after["pull"] and before["data"] != after["data"]
 
 
+def test_editing_a_built_in_recipe_reruns_the_training_that_uses_it(tmp_path, monkeypatch):
+    # the config names it ("classify"), so only the file's content can tell an edited recipe from the old one
+    import offramp.finetune.recipe as recipe_mod
+
+    real = recipe_mod.recipe_path
+    copy = tmp_path / "finetune-classify.yaml"
+    copy.write_text(real("classify").read_text())
+    monkeypatch.setattr(recipe_mod, "recipe_path", lambda ref: copy if ref == "classify" else real(ref))
+    before = _keys(PipelineConfig())
+    copy.write_text(copy.read_text().replace("max_steps: 128", "max_steps: 96"))
+    after = _keys(PipelineConfig())
+    assert {name for name in before if before[name] != after[name]} == {"classifier", *AFTER_EVAL}
+
+
+def _row(name, gate, monthly, accuracy=80.0, decision="NO-GO"):
+    return {"name": name, "gate": gate, "self_hosted_monthly_usd": monthly, "usd_per_1m_requests": monthly,
+            "accuracy": {"value": accuracy}, "decision": decision}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("rows", "chosen"),
+    [
+        ([_row("tuned", "NO-GO", 100.0, 50.0), _row("classifier", "GO", 130.0, 82.0)], 1),  # only one passes
+        ([_row("tuned", "GO", 130.0), _row("classifier", "GO", 100.0)], 1),  # both pass: the cheaper
+        ([_row("tuned", "GO", 90.0, decision="GO"), _row("classifier", "GO", 40.0)], 0),  # a GO beats a cheaper NO-GO
+        ([_row("tuned", "NO-GO", 130.0, 50.0), _row("classifier", "NO-GO", 400.0, 60.0)], 1),  # none: most accurate
+        ([_row("tuned", "GO", 100.0), _row("classifier", "GO", 100.0)], 0),  # a tie: the LM head
+    ],
+)
+def test_the_verdict_speaks_for_the_best_candidate_that_passes_the_gate(rows, chosen):
+    from offramp.pipeline.report import best_candidate
+
+    assert best_candidate(rows) == chosen
+
+
 def test_a_stage_cannot_read_a_field_it_does_not_declare():
     from offramp.pipeline.inputs import ConfigView, UndeclaredInput
 
@@ -372,6 +431,7 @@ def test_offramp_run_end_to_end_on_the_tiny_model(cli, tiny_model, tmp_path, mon
         "model": str(tiny_model),
         "task": {"source": "banking77", "train_per_label": 2, "test_per_label": 2},  # the cascade needs 2
         "finetune": {"args": ["--max-steps", "8", "--batch-size", "4", "--grad-accum", "1"]},
+        "classifier": {"args": ["--max-steps", "8", "--batch-size", "4"]},
         "quantize": {"methods": ["w8a8-int8-rtn"], "n_heldout": 4},
         "serve": {"concurrency": [1], "num_prompts": 4, "args": ["--max-model-len", "1024"]},
     }
@@ -386,8 +446,8 @@ def test_offramp_run_end_to_end_on_the_tiny_model(cli, tiny_model, tmp_path, mon
 
     first = run()
     report = first.pop("_report")
-    assert first == dict.fromkeys(["pull", "data", "finetune", "quantize", "eval", "bench", "breakeven", "cascade"],
-                                  "done")  # fmt: skip
+    assert first == dict.fromkeys(["pull", "data", "finetune", "classifier", "quantize", "eval", "bench", "breakeven",
+                                   "cascade"], "done")  # fmt: skip
     assert report["eval"]["n_queries"] == 154 and report["verdict"]["verdict"] in ("GO", "NO-GO")
     systems = {s["name"] for s in report["eval"]["systems"]}
     # no OPENAI_API_KEY here: the cited GPT-4 score stands in under its own name, and the verdict says so (#18.2)
@@ -395,6 +455,15 @@ def test_offramp_run_end_to_end_on_the_tiny_model(cli, tiny_model, tmp_path, mon
     reason = report["verdict"]["reason"]
     assert "GPT-4 (1-shot) 80.4 % is cited" in reason and "quality and price are of different models" in reason
     assert report["bench"] and report["breakeven"] and report["cascade"]
+    # the classifier head, trained, served by vLLM's pooling runner, evaluated, benchmarked and priced beside it
+    cls = report["classifier"]
+    assert cls["finetune"]["head"] == "classify" and cls["eval"]["n_queries"] == 154
+    assert cls["eval"]["gate"]["candidate"] == "classifier" and cls["bench"]["endpoint"].endswith("/pooling")
+    assert cls["breakeven"]["self_hosted"]["split_rule"] != report["breakeven"]["self_hosted"]["split_rule"]
+    rows = {r["name"]: r for r in report["candidates"]}
+    assert set(rows) == {"tuned", "classifier"} and all(r["requests_per_s"] > 0 for r in rows.values())
+    assert report["verdict"]["candidate"] in rows and report["verdict"]["reason"].startswith("Candidate ")
+    assert "Candidates side by side" in (tmp_path / "runs" / "tiny-e2e" / "report.html").read_text()
 
     again = run()
     again.pop("_report")
@@ -515,6 +584,7 @@ def test_offramp_run_on_a_users_own_csv_without_a_key_ends_with_a_clear_verdict(
         "task": {"source": str(_intents_csv(tmp_path / "intents.csv", per_label=8, header="utterance,intent")),
                  "text_column": "utterance", "label_column": "intent", "train_per_label": 5, "test_per_label": 2},
         "finetune": {"args": ["--max-steps", "4", "--batch-size", "4", "--grad-accum", "1"]},
+        "classifier": {"enabled": False},  # the classifier candidate's run is the tiny e2e's; CI time
         "serve": {"concurrency": [1], "num_prompts": 4, "args": ["--max-model-len", "1024"]},
     }  # fmt: skip
     report, status = run_pipeline(cli, config, tmp_path)

@@ -35,6 +35,7 @@ def test_imported_batch_traffic_runs_the_whole_pipeline(cli, tiny_model, tmp_pat
         "model": str(tiny_model),
         "task": {"source": f"traffic:{store}?tag={TAG}"},
         "finetune": {"args": ["--max-steps", "4", "--batch-size", "4", "--grad-accum", "1"]},
+        "classifier": {"enabled": False},  # the classifier candidate's run is test_pipeline's tiny e2e; CI time
         "serve": {"concurrency": [1], "num_prompts": 4, "args": ["--max-model-len", "1024"]},
     }
     report, status = run_pipeline(cli, config, tmp_path)

@@ -37,6 +37,15 @@ class FinetuneConfig(_Strict):
     args: list[str] = []  # extra `offramp finetune` flags, e.g. ["--rank", "32"]
 
 
+class ClassifierConfig(_Strict):
+    # On a classification task (the data has labels.json), one more candidate: a label head on the same model
+    # (`offramp finetune --head classify`), served by vLLM's pooling runner behind offramp's chat face, evaluated,
+    # benchmarked and priced beside the LM head; the verdict takes the best candidate that passes the gate.
+    enabled: bool = True
+    recipe: str = "classify"  # offramp/configs/finetune-classify.yaml, or a recipe YAML
+    args: list[str] = []  # extra `offramp finetune` flags, e.g. ["--max-steps", "64"]
+
+
 class QuantizeConfig(_Strict):
     # quantizes the tuned model (merged) or, without finetune, the base model; each checkpoint vLLM can serve on
     # this host is evaluated as one more candidate
@@ -99,6 +108,7 @@ class PipelineConfig(_Strict):
     model: str = "smollm2-135m-instruct"
     task: TaskConfig = TaskConfig()
     finetune: FinetuneConfig = FinetuneConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     baselines: list[BaselineConfig] = [
         BaselineConfig(name="gpt-4o-mini", spec="openai:gpt-4o-mini", fallback="cited:banking77/gpt-4-1shot")
@@ -186,5 +196,5 @@ def check_names(cfg: PipelineConfig, path: Path) -> None:
         for field, spec in (("spec", b.spec), ("fallback", b.fallback)):
             if spec is not None:
                 check(f"baselines.{i}.{field}", lambda spec=spec, b=b: parse_system(f"{b.name}={spec}"))
-        if b.name in ("base", "tuned") or names.count(b.name) > 1:
+        if b.name in ("base", "tuned", "classifier") or names.count(b.name) > 1:
             raise OfframpError(f"{path}: baselines.{i}.name: {b.name!r} is taken; give each baseline its own name")

@@ -52,7 +52,24 @@ def collect(cfg: dict, results: list[StageResult], baseline_gap: str | None = No
     quantized = quantized_candidates(dirs, ev, problems)
     failed = [r for r in results if r.status in ("failed", "skipped")]
     data = report("data", "data/data_report.json", "data")
-    decided = verdict(ev, be, failed, problems, baseline_gap)
+    lm = {"name": "tuned" if "finetune" in dirs else "base", "head": "lm", "eval": ev, "bench": bench, "breakeven": be}
+    cls_outcome = report("classifier", "classifier.json")
+    classifier = {
+        "name": "classifier",
+        "head": "classify",
+        "outcome": cls_outcome,
+        "finetune": report("classifier", "ft/finetune_report.json", "finetune"),
+        "eval": report("eval", "classifier/eval_report.json", "eval"),
+        "bench": report("bench", "classifier/bench_report.json", "bench"),
+        "breakeven": report("breakeven", "classifier/breakeven_report.json", "breakeven"),
+    }
+    pool = [lm, classifier] if (cls_outcome or {}).get("status") == "done" else [lm]
+    rows = [candidate_row(c) for c in pool]
+    chosen = pool[best_candidate(rows)]
+    decided = verdict(chosen["eval"], chosen["breakeven"], failed, problems, baseline_gap)
+    if len(pool) > 1 and decided["verdict"] != "INCOMPLETE":
+        decided["reason"] = f"{candidate_sentence(rows, chosen['name'])}. {decided['reason']}"
+    decided["candidate"] = chosen["name"]
     if data and data.get("traffic") and decided["verdict"] != "INCOMPLETE":
         decided["reason"] += f". {traffic_sentence(data)}"
     return {
@@ -81,7 +98,68 @@ def collect(cfg: dict, results: list[StageResult], baseline_gap: str | None = No
         "cascade_plot": str(dirs["cascade"] / "cascade" / "cascade.png") if cascade else None,
         "breakeven_plot": str(dirs["breakeven"] / "breakeven.png") if "breakeven" in dirs else None,
         "quantized": quantized,
+        "candidates": rows,
+        "classifier": classifier if cls_outcome else None,
     }
+
+
+def _system(ev: dict | None, name: str) -> dict | None:
+    return next((s for s in (ev or {}).get("systems", []) if s["name"] == name), None)
+
+
+def candidate_row(c: dict) -> dict:
+    """One candidate's figures side by side: accuracy (95 % CI) and its gate, the bench's sustainable load, and the
+    break-even's cost per request and per month, each from its own stage report."""
+    ev, bench, be = c["eval"], c["bench"], c["breakeven"]
+    system = _system(ev, c["name"])
+    point = (bench or {}).get("sustainable") or {}
+    cost = ((be or {}).get("self_hosted") or {}).get("cost") or {}
+    value = lambda k: (cost.get(k) or {}).get("value")  # noqa: E731
+    per_request = value("per_request_usd")
+    return {
+        "name": c["name"],
+        "head": c["head"],
+        "accuracy": system["accuracy"] if system else None,
+        "mode": system.get("mode") if system else None,
+        "gate": (ev or {}).get("gate", {}).get("verdict"),
+        "requests_per_s": point.get("requests_per_s"),
+        "concurrency": point.get("concurrency"),
+        "usd_per_1m_requests": None if per_request is None else per_request * 1e6,
+        "self_hosted_monthly_usd": value("monthly_usd"),
+        "break_even_requests_per_month": ((be or {}).get("break_even") or {}).get("volume"),
+        "decision": ((be or {}).get("decision") or {}).get("verdict"),
+        "source": "measured here (eval, bench and break-even reports of this run)",
+    }
+
+
+def best_candidate(rows: list[dict]) -> int:
+    """The candidate the verdict speaks for: of those passing the quality gate, a GO first, then the cheapest
+    per month (then per request); with none passing, the most accurate. The LM head on a tie."""
+
+    def monthly(r: dict) -> float:
+        return math.inf if r["self_hosted_monthly_usd"] is None else r["self_hosted_monthly_usd"]
+
+    def per_request(r: dict) -> float:
+        return math.inf if r["usd_per_1m_requests"] is None else r["usd_per_1m_requests"]
+
+    passing = [i for i, r in enumerate(rows) if r["gate"] == "GO"]
+    if passing:
+        return min(passing, key=lambda i: (rows[i]["decision"] != "GO", monthly(rows[i]), per_request(rows[i]), i))
+    measured = [i for i, r in enumerate(rows) if r["accuracy"] is not None]
+    return max(measured, key=lambda i: (rows[i]["accuracy"]["value"], -i)) if measured else 0
+
+
+def candidate_sentence(rows: list[dict], chosen: str) -> str:
+    """Which candidate the verdict is about, and why, beside the other: the verdict's reason starts with it."""
+    heads = {"lm": "LM head", "classify": "classifier head"}
+    parts = []
+    for r in rows:
+        acc = "not evaluated" if r["accuracy"] is None else f"{_accuracy(r['accuracy'], False)}"
+        rps = "–" if r["requests_per_s"] is None else f"{r['requests_per_s']:.1f} requests/s"
+        usd = "–" if r["usd_per_1m_requests"] is None else f"${r['usd_per_1m_requests']:,.2f} per 1M requests"
+        parts.append(f"{r['name']} ({heads[r['head']]}): {acc}, gate {r['gate'] or '–'}, {rps}, {usd}")
+    why = "passes the gate and costs least" if any(r["gate"] == "GO" for r in rows) else "is the most accurate"
+    return f"Candidate {chosen} {why} ({'; '.join(parts)})"
 
 
 def traffic_sentence(data: dict) -> str:
@@ -305,6 +383,33 @@ def _quality_section(ev: dict) -> str:
         f'<img alt="accuracy with confidence intervals" src="data:image/png;base64,{quality_plot(ev)}">'
         + _table(["system", "answers", "accuracy [95 % CI]", "macro-F1", "invalid", "source", "provenance"], rows)
     )
+
+
+def _candidates_section(rows: list[dict], chosen: str | None) -> str:
+    heads = {"lm": "LM head (constrained generation)", "classify": "classifier head (vLLM pooling, one pass)"}
+    table = [
+        [
+            f"{r['name']}{' (the verdict)' if r['name'] == chosen else ''}",
+            heads[r["head"]],
+            "–" if r["accuracy"] is None else _accuracy(r["accuracy"], False),
+            r["gate"] or "–",
+            "–" if r["requests_per_s"] is None else f"{r['requests_per_s']:.2f} (c={r['concurrency']})",
+            "–" if r["usd_per_1m_requests"] is None else _usd(r["usd_per_1m_requests"]),
+            "–" if r["self_hosted_monthly_usd"] is None else _usd(r["self_hosted_monthly_usd"]),
+            "–" if r["break_even_requests_per_month"] is None else f"{r['break_even_requests_per_month']:,.0f}",
+            r["decision"] or "–",
+        ]
+        for r in rows
+    ]
+    return (
+        "<h2>Candidates side by side</h2><p class='small'>The same test queries, gate and workload; requests/s at "
+        "the bench's highest load meeting the SLO, cost at the configured volume. Measured here by this run.</p>"
+        + _table(
+            ["candidate", "head", "accuracy [95 % CI]", "gate", "requests/s", "$ per 1M requests",
+             "self-hosted $/month", "break-even requests/month", "decision"],
+            table,
+        )
+    )  # fmt: skip
 
 
 def _quantized_section(rows: list[dict]) -> str:
@@ -617,6 +722,8 @@ def render_html(report: dict) -> str:
         parts.append(_data_section(report["data"]))
     if report.get("eval"):
         parts.append(_quality_section(report["eval"]))
+    if len(report.get("candidates") or []) > 1:
+        parts.append(_candidates_section(report["candidates"], report["verdict"].get("candidate")))
     if report.get("quantized"):
         parts.append(_quantized_section(report["quantized"]))
     if report.get("breakeven"):

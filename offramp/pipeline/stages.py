@@ -24,6 +24,7 @@ from offramp.data import BUILTIN, task_name
 from offramp.errors import OfframpError
 from offramp.expressions import parse_gate
 from offramp.hardware import has_cuda
+from offramp.paths import read_json, write_json
 from offramp.pipeline.config import PipelineConfig
 from offramp.pipeline.inputs import ConfigView, Inputs
 from offramp.pipeline.runner import Stage, StageFailed, console, offramp_cmd
@@ -151,6 +152,38 @@ def finetune(i: Inputs, w: Path, up: Up) -> None:
     )  # fmt: skip
 
 
+CLASSIFIER = "classifier"  # the classifier candidate: its served name, eval system and report dirs
+CLASSIFIER_OUTCOME = "classifier.json"
+
+
+def classifier(i: Inputs, w: Path, up: Up) -> None:
+    """On a classification task, the label head (`finetune --head classify`) as one more candidate. A task without
+    a label set, or a failed run, is an outcome noted in classifier.json, not a failed pipeline."""
+    if not (up["data"] / "data/labels.json").is_file():
+        outcome = {"status": "not-classification", "note": "the task's answers are free text (no labels.json)"}
+    else:
+        c = i.config.classifier
+        try:
+            offramp_cmd(
+                "finetune", i.config.model, "--data", str(up["data"] / "data/train.jsonl"), "--head", "classify",
+                "--recipe", c.recipe, "--out", str(w / "ft"), *i.derived["host_price_args"], *c.args, log=_log(w),
+            )  # fmt: skip
+            outcome = {"status": "done", "checkpoint": str(w / "ft" / "merged")}
+        except StageFailed as e:
+            outcome = {"status": "failed", "note": str(e)}
+    if outcome.get("note"):
+        _note(_log(w), f"classifier: {outcome['status']}: {outcome['note']}")
+    write_json(w / CLASSIFIER_OUTCOME, outcome)
+
+
+def classifier_checkpoint(up: Up) -> Path | None:
+    """The classifier candidate's merged checkpoint, where the classifier stage trained one."""
+    outcome = up["classifier"] / CLASSIFIER_OUTCOME if "classifier" in up else None
+    if outcome is None or not outcome.is_file() or read_json(outcome).get("status") != "done":
+        return None
+    return Path(read_json(outcome)["checkpoint"])
+
+
 def quantize(i: Inputs, w: Path, up: Up) -> None:
     """Each method into w/<method>/; a method this host cannot run is noted, not fatal to the pipeline."""
     src = str(up["finetune"] / "ft" / "merged") if "finetune" in up else i.config.model
@@ -224,7 +257,9 @@ def evaluate(i: Inputs, w: Path, up: Up) -> None:
     for q in quantized:
         if q.get("note"):
             _note(_log(w), f"eval: {q['system']} not evaluated: {q['note']}")
-    with served_all(i, w, up, {q["system"]: q["checkpoint"] for q in quantized if q["evaluated"]}) as urls:
+    cls = classifier_checkpoint(up)
+    checkpoints = {q["system"]: q["checkpoint"] for q in quantized if q["evaluated"]}
+    with served_all(i, w, up, checkpoints | ({CLASSIFIER: str(cls)} if cls else {})) as urls:
         url = urls["base"]
         base_answers = "" if c.eval.base_answers == "both" else f"+answers={c.eval.base_answers}"
         systems = ["--system", f"base={url}/v1+model=base{base_answers}"]
@@ -239,11 +274,32 @@ def evaluate(i: Inputs, w: Path, up: Up) -> None:
             "eval", *_task_args(i, up), *systems, *_gate_args(i), "--concurrency", str(c.eval.concurrency),
             "--candidate", _candidate(up), "--out", str(w), log=_log(w),
         )  # fmt: skip
-        if c.serve.enabled:  # benchmark the same server now: one vLLM start-up (~70 s on 2 cores) less
+        if cls:
             try:
-                run_bench(i, urls["base"], w / "bench", up, _log(w))
-            except StageFailed as e:  # the bench stage then starts its own server
-                _note(_log(w), f"eval: benchmarking this server failed, the bench stage will retry: {e}")
+                evaluate_classifier(i, w / CLASSIFIER, up, urls[CLASSIFIER])
+            except StageFailed as e:  # the LM candidate's report stands; the classifier is then not judged
+                _note(_log(w), f"eval: the classifier candidate's eval failed: {e}")
+        if c.serve.enabled:  # benchmark the same servers now: one vLLM start-up (~60 s on 2 cores) less each
+            benched = {"base": (w / "bench", _candidate(up))} | (
+                {CLASSIFIER: (w / CLASSIFIER / "bench", CLASSIFIER)} if cls else {}
+            )
+            for name, (out, model) in benched.items():
+                try:
+                    run_bench(i, urls[name], out, up, _log(w), model)
+                except StageFailed as e:  # the bench stage then starts its own server
+                    _note(_log(w), f"eval: benchmarking {name} failed, the bench stage will retry: {e}")
+
+
+def evaluate_classifier(i: Inputs, out: Path, up: Up, url: str) -> None:
+    """The classifier candidate through its chat face (the label as the answer), on the same queries, against the
+    same baselines and gate, in its own eval report (a cached API answer is not asked again)."""
+    systems = ["--system", f"{CLASSIFIER}={url}/v1+model={CLASSIFIER}+answers=free"]
+    for name, spec in i.derived["baselines"]:
+        systems += ["--system", f"{name}={spec}"]
+    offramp_cmd(
+        "eval", *_task_args(i, up), *systems, *_gate_args(i), "--concurrency", str(i.config.eval.concurrency),
+        "--candidate", CLASSIFIER, "--out", str(out), log=_log(out.parent),
+    )  # fmt: skip
 
 
 def _gate_args(i: Inputs) -> list[str]:
@@ -260,52 +316,69 @@ def _gate_args(i: Inputs) -> list[str]:
 
 
 def bench(i: Inputs, w: Path, up: Up) -> None:
-    measured = up["eval"] / "bench" if "eval" in up else None
-    if measured is not None and (measured / "bench_report.json").is_file():
-        shutil.copytree(measured, w, dirs_exist_ok=True)
-        _note(_log(w), f"bench: measured on the eval stage's server ({measured})")
+    """The LM candidate's bench into w, the classifier's into w/classifier: measured on the eval stage's servers
+    where that worked, else on servers of its own."""
+    cls = classifier_checkpoint(up)
+    wanted = {"base": (Path(), _candidate(up))} | ({CLASSIFIER: (Path(CLASSIFIER), CLASSIFIER)} if cls else {})
+    missing = {}
+    for name, (sub, model) in wanted.items():
+        measured = up["eval"] / sub / "bench" if "eval" in up else None
+        if measured is not None and (measured / "bench_report.json").is_file():
+            shutil.copytree(measured, w / sub, dirs_exist_ok=True)
+            _note(_log(w), f"bench: {name} measured on the eval stage's server ({measured})")
+        else:
+            missing[name] = (sub, model)
+    if not missing:
         return
-    with served_all(i, w, up, {}) as urls:
-        run_bench(i, urls["base"], w, up, _log(w))
+    with served_all(i, w, up, {CLASSIFIER: str(cls)} if CLASSIFIER in missing else {}) as urls:
+        for name, (sub, model) in missing.items():
+            run_bench(i, urls[name], w / sub, up, _log(w), model)
 
 
-def run_bench(i: Inputs, url: str, out: Path, up: Up, log_path: Path) -> None:
+def run_bench(i: Inputs, url: str, out: Path, up: Up, log_path: Path, model: str) -> None:
     s = i.config.serve
     traffic = i.derived.get("traffic_source")  # replay the captured requests as the load
     load = ["--traffic", traffic] if traffic else ["--workload", str(up["data"] / "data/test.jsonl")]
     args = [
-        "bench", url, *load, "--model", _candidate(up),
+        "bench", url, *load, "--model", model,
         "--concurrency", ",".join(map(str, s.concurrency)), "--num-prompts", str(s.num_prompts),
         "--slo-p99-ttft-s", str(s.slo_p99_ttft_s), "--slo-p99-tpot-ms", str(s.slo_p99_tpot_ms),
         "--out", str(out), *_host_args(i),
     ]  # fmt: skip
-    if s.structured_choice and (up["data"] / "data/labels.json").is_file():  # free-text traffic has no label set
+    labelled = (up["data"] / "data/labels.json").is_file()  # free-text traffic has no label set
+    if s.structured_choice and labelled and model != CLASSIFIER:  # a classifier answers with a label anyway
         args += ["--structured-choice", str(up["data"] / "data/labels.json")]
     offramp_cmd(*args, log=log_path)
 
 
 def breakeven(i: Inputs, w: Path, up: Up) -> None:
     offramp_cmd(*_breakeven_args(i, up), "--out", str(w), log=_log(w))
+    if (up["bench"] / CLASSIFIER / "bench_report.json").is_file():  # the classifier candidate, priced the same way
+        offramp_cmd(*_breakeven_args(i, up, CLASSIFIER), "--out", str(w / CLASSIFIER), log=_log(w))
 
 
-def _breakeven_args(i: Inputs, up: Up) -> list[str]:
+def _breakeven_args(i: Inputs, up: Up, candidate: str | None = None) -> list[str]:
+    """`offramp breakeven` of the LM candidate, or of the classifier (its bench, eval gate and training run)."""
     c = i.config.cost
+    sub = Path(candidate or "")
+    bench_report = str(up["bench"] / sub / "bench_report.json")
     if traffic := i.derived.get("traffic_source"):  # volume, token mix, peaks and the API's model: measured there
-        args = ["breakeven", "--traffic", traffic, "--bench", str(up["bench"] / "bench_report.json")]
+        args = ["breakeven", "--traffic", traffic, "--bench", bench_report]
         args += [*_host_args(i), *c.args]
     else:
         args = [
-            "breakeven", "--api", c.api_model, "--bench", str(up["bench"] / "bench_report.json"),
+            "breakeven", "--api", c.api_model, "--bench", bench_report,
             "--requests-per-month", str(c.requests_per_month), "--peak-to-average", str(c.peak_to_average),
             *_host_args(i), *c.args,
         ]  # fmt: skip
     api_prompts = up["data"] / "data" / "api_prompts.jsonl"
     if api_prompts.is_file() and not traffic:  # the API priced on the prompt it is sent, not the small model's
         args += ["--api-prompts", str(api_prompts)]
-    if "eval" in up:
-        args += ["--eval", str(up["eval"] / "eval_report.json")]
-    if "finetune" in up:
-        args += ["--finetune", str(up["finetune"] / "ft" / "finetune_report.json")]
+    if "eval" in up and (up["eval"] / sub / "eval_report.json").is_file():
+        args += ["--eval", str(up["eval"] / sub / "eval_report.json")]
+    trained = up.get("classifier" if candidate else "finetune")
+    if trained is not None and (trained / "ft" / "finetune_report.json").is_file():
+        args += ["--finetune", str(trained / "ft" / "finetune_report.json")]
     return args
 
 
@@ -339,23 +412,30 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     host = _host_price_entry(cfg, catalogue)
     traffic = _traffic_inputs(cfg)
     stages = [stage("pull", ["model"], pull), stage("data", ["task"], data, derived=traffic)]
+    price_args = {"host_price_args": _host_price_args(cfg, host)}
     if tuned:
-        derived = {"host_price_args": _host_price_args(cfg, host), **({"merge": True} if quantized else {})}
+        derived = {**price_args, **_recipe_file(cfg.finetune.recipe), **({"merge": True} if quantized else {})}
         stages.append(stage("finetune", ["model", "finetune"], finetune, ["pull", "data"], derived=derived))
+    cls = ["classifier"] if cfg.classifier.enabled else []
+    if cls:
+        derived = {**price_args, **_recipe_file(cfg.classifier.recipe)}
+        stages.append(stage("classifier", ["model", "classifier"], classifier, ["pull", "data"], derived=derived))
     if quantized:
         stages.append(stage("quantize", ["model", "quantize"], quantize, ["pull", "data", *ft], optional=True))
     baselines = resolve_baselines(cfg).usable
     eval_reads = ["model", "task", "gate", "eval", "serve", *HOST]
     api_prices = _api_price_entries(catalogue, (spec for _, spec in baselines))
     derived = {"baselines": baselines, "api_prices": api_prices, "host_price": host, **traffic}
-    stages.append(stage("eval", eval_reads, evaluate, ["pull", "data", *ft, *qs], derived=derived, optional=True))
+    eval_needs = ["pull", "data", *ft, *cls, *qs]
+    stages.append(stage("eval", eval_reads, evaluate, eval_needs, derived=derived, optional=True))
     if cfg.serve.enabled:
         prices = {"catalogue_sha256": _catalogue_sha256()}
-        bench_needs = ["pull", "data", *ft, "eval"]
+        bench_needs = ["pull", "data", *ft, *cls, "eval"]
         bench_derived = {"host_price": host, **traffic}
         stages.append(stage("bench", ["model", "serve", *HOST], bench, bench_needs, derived=bench_derived))
         be_derived = {**prices, **traffic}
-        stages.append(stage("breakeven", ["cost"], breakeven, ["data", "bench", "eval", *ft], derived=be_derived))
+        be_needs = ["data", "bench", "eval", *ft, *cls]
+        stages.append(stage("breakeven", ["cost"], breakeven, be_needs, derived=be_derived))
         if cfg.cascade.enabled:
             needs = ["data", "eval", "bench", "breakeven", *ft]
             derived = {**prices, "baselines": baselines}
@@ -384,6 +464,14 @@ def _traffic_inputs(cfg: PipelineConfig) -> dict:
         "traffic_selection": {"calls": len(calls), "newest": newest.isoformat() if newest else None},
         "teacher": True,
     }
+
+
+def _recipe_file(ref: str) -> dict:
+    """A built-in recipe by its file, so editing offramp/configs/finetune-*.yaml re-runs what trains with it (a
+    recipe given as a path is in the key by its content already)."""
+    from offramp.finetune.recipe import recipe_path
+
+    return {"recipe_file": str(recipe_path(ref))}
 
 
 def _catalogue_sha256() -> str:
