@@ -7,16 +7,46 @@ Several GPUs: run the same command under accelerate from the runtime env, e.g.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import typer
 
-from offramp.finetune.recipe import flag_help
+from offramp.finetune.recipe import Recipe, flag_help
+
+# The common hyper-parameters get a flag each (every Recipe key is also a KEY=VALUE override), typed and described
+# by its Recipe field: declared once, in finetune/recipe.py.
+FLAGS = ("head", "method", "rank", "epochs", "max_steps", "lr", "batch_size", "grad_accum", "max_len")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("finetune")(finetune)
+    app.command("finetune")(with_recipe_flags(finetune, FLAGS))
+
+
+def with_recipe_flags(command: Callable[..., None], keys: tuple[str, ...]) -> Callable[..., None]:
+    """`command` with one `--KEY` option per Recipe field in `keys` (default None: the recipe's value stands), which
+    it receives in its **kwargs; Typer reads the options from the signature set here."""
+    sig = inspect.signature(command, eval_str=True)  # Typer needs the Annotated objects, not their strings
+    fixed = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    options = [
+        inspect.Parameter(
+            key, inspect.Parameter.KEYWORD_ONLY, default=None,
+            annotation=Annotated[_flag_type(key) | None, typer.Option(help=flag_help(key))],
+        )
+        for key in keys
+    ]  # fmt: skip
+    command.__signature__ = sig.replace(parameters=[*fixed, *options])  # type: ignore[attr-defined]
+    return command
+
+
+def _flag_type(key: str) -> type:
+    """A Recipe field's type as a Typer option takes it: `X | None` as X, a Literal's choices as str."""
+    annotation = Recipe.model_fields[key].annotation
+    if get_origin(annotation) is Literal:
+        return str
+    return next((a for a in get_args(annotation) if a is not type(None)), annotation)  # X | None -> X
 
 
 def finetune(
@@ -31,15 +61,6 @@ def finetune(
             show_default=False,
         ),
     ] = None,
-    head: Annotated[str | None, typer.Option(help=flag_help("head"))] = None,
-    method: Annotated[str | None, typer.Option(help=flag_help("method"))] = None,
-    rank: Annotated[int | None, typer.Option(help=flag_help("rank"))] = None,
-    epochs: Annotated[float | None, typer.Option(help=flag_help("epochs"))] = None,
-    max_steps: Annotated[int | None, typer.Option(help=flag_help("max_steps"))] = None,
-    lr: Annotated[float | None, typer.Option(help=flag_help("lr"))] = None,
-    batch_size: Annotated[int | None, typer.Option(help=flag_help("batch_size"))] = None,
-    grad_accum: Annotated[int | None, typer.Option(help=flag_help("grad_accum"))] = None,
-    max_len: Annotated[int | None, typer.Option(help=flag_help("max_len"))] = None,
     out: Annotated[Path | None, typer.Option(help="output dir (default: runs/finetune/<model>-<method>)")] = None,
     merge: Annotated[bool, typer.Option(help="also write a merged bf16 checkpoint")] = False,
     host_price_per_hour: Annotated[
@@ -54,6 +75,7 @@ def finetune(
             show_default=False,
         ),
     ] = None,
+    **flags: Any,  # the FLAGS options, added to the signature by with_recipe_flags
 ) -> None:
     """LoRA / QLoRA fine-tune on chat JSONL; loss on assistant tokens only; resumes after an interrupt."""
     from offramp.envs import require_env
@@ -61,12 +83,12 @@ def finetune(
     from offramp.hardware import accelerator
     from offramp.store import resolve_model
 
-    flags = {"method": method, "rank": rank, "epochs": epochs, "max_steps": max_steps, "lr": lr}
-    flags |= {"batch_size": batch_size, "grad_accum": grad_accum, "max_len": max_len, "head": head}
     _check_inputs(flags["method"], [data, eval_data], host_price_per_hour)
     path = resolve_model(model)
     acc = accelerator()
-    recipe = recipe or ("classify" if head == "classify" else "default")  # a classifier's budget is its recipe's
+    recipe = recipe or (
+        "classify" if flags["head"] == "classify" else "default"
+    )  # a classifier's budget is its recipe's
     chosen = load_recipe(recipe, acc, flags, parse_overrides(settings or []))
     _check_head(chosen.head, model, path, [data, eval_data])
     require_env("runtime")
