@@ -4,13 +4,15 @@
 2. `offramp finetune --head classify` (the classify recipe; --max-steps overrides its budget);
 3. `offramp bench` of SmolLM2 with answers constrained to the 77 labels (vLLM structured outputs, the LM head's
    serving path) and of the classifier through its chat face (/pooling, task classify), at c = 1, 4, 16, the
-   same prompts, one server at a time so neither takes CPU from the other;
+   same prompts, one server at a time so neither takes CPU from the other; then vLLM's pooling server alone (no
+   router), to show what the router costs; the classifier gets more requests per level (it is ~10x faster, and a
+   level of a few seconds is noise);
 4. `offramp eval` of the classifier on the 231 queries (the LM head's accuracy at the default budget is read from
    the committed default run, scripts/results/offramp_run_default_cpu.json);
 5. `offramp breakeven` against gpt-4o-mini on the default workload with each bench.
 
-Run it alone on the box: `~/.cache/offramp/envs/runtime/bin/python scripts/bench_classifier.py`
-(~15 min on 2 cores). Ratios, not absolute times, compare across machines.
+Run it alone on the box: `.venv/bin/python scripts/bench_classifier.py` (~20 min on 2 cores; `--work DIR` keeps
+the steps' outputs and skips the steps already done). Ratios, not absolute times, compare across machines.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,11 +59,20 @@ def served(target: str, log: Path):
         stop_group(proc)
 
 
-def bench(url: str, out: Path, log: Path, args: argparse.Namespace, extra: list[str]) -> dict:
+@contextmanager
+def vllm_alone(checkpoint: Path, log: Path):
+    """vLLM's pooling server for `checkpoint` without offramp's router in front: what the router costs."""
+    from offramp.envs import ensure_env
+    from offramp.serve.server import VllmServer
+
+    with VllmServer(checkpoint, port=free_port(), python=str(ensure_env("runtime")), log_path=log) as server:
+        yield server.api_base.removesuffix("/v1")
+
+
+def bench(url: str, out: Path, log: Path, args: argparse.Namespace, extra: list[str], n: int) -> None:
     load = ["--workload", str(args.work / "data" / "test.jsonl"), "--concurrency", args.concurrency]
-    offramp("bench", url, *load, "--num-prompts", str(args.num_prompts), "--host", args.host, "--out", str(out),
-            *extra, log=log)  # fmt: skip
-    return json.loads((out / "bench_report.json").read_text())
+    offramp("bench", url, *load, "--num-prompts", str(n), "--host", args.host, "--out", str(out), *extra,
+            log=log)  # fmt: skip
 
 
 def points(report: dict) -> list[dict]:
@@ -103,7 +113,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "serve" / "results" / "classifier_vs_generation.json")
     ap.add_argument("--max-steps", type=int, default=None, help="classifier training steps (default: the recipe's)")
     ap.add_argument("--concurrency", default="1,4,16")
-    ap.add_argument("--num-prompts", type=int, default=64)
+    ap.add_argument("--num-prompts", type=int, default=128, help="requests per load level, generation")
+    ap.add_argument(
+        "--classifier-num-prompts",
+        type=int,
+        default=256,
+        help="requests per load level, classifier (~10x faster: more requests for as long a level)",
+    )
     ap.add_argument("--host", default="aws-c7i-xlarge")
     ap.add_argument("--work", type=Path, default=None, help="keep the intermediate artifacts here")
     args = ap.parse_args()
@@ -111,27 +127,36 @@ def main() -> None:
     log = args.work / "bench_classifier.log"
     print(f"work dir {args.work}; log {log}", flush=True)
 
-    offramp("data", "prepare", "banking77", "--out", str(args.work / "data"), "--per-label", "20",
-            "--test-per-label", "3", "--seed", "0", "--prompt-style", "short", log=log)  # fmt: skip
+    w = args.work
+    if not (w / "data" / "labels.json").is_file():  # each step is skipped where a kept --work dir has its output
+        offramp("data", "prepare", "banking77", "--out", str(w / "data"), "--per-label", "20",
+                "--test-per-label", "3", "--seed", "0", "--prompt-style", "short", log=log)  # fmt: skip
     steps = ["--max-steps", str(args.max_steps)] if args.max_steps else []
-    t0 = time.monotonic()
-    offramp("finetune", MODEL, "--data", str(args.work / "data" / "train.jsonl"), "--head", "classify",
-            "--out", str(args.work / "cls"), *steps, log=log)  # fmt: skip
-    train_s = time.monotonic() - t0
-    ft = json.loads((args.work / "cls" / "finetune_report.json").read_text())
+    if not (w / "cls" / "finetune_report.json").is_file():
+        offramp("finetune", MODEL, "--data", str(w / "data" / "train.jsonl"), "--head", "classify",
+                "--out", str(w / "cls"), *steps, log=log)  # fmt: skip
+    ft = json.loads((w / "cls" / "finetune_report.json").read_text())
 
-    labels = str(args.work / "data" / "labels.json")
-    with served(MODEL, log) as url:
-        gen = bench(url, args.work / "bench-gen", log, args, ["--structured-choice", labels])
-    with served(str(args.work / "cls" / "merged"), log) as url:
-        cls = bench(url, args.work / "bench-cls", log, args, [])
-        offramp("eval", "--task", "banking77", "--limit-per-label", "3", "--seed", "0",
-                "--system", f"classifier={url}/v1+model=offramp-cascade", "--no-baseline",
-                "--out", str(args.work / "eval-cls"), log=log)  # fmt: skip
-    ev = json.loads((args.work / "eval-cls" / "eval_report.json").read_text())
+    labels = str(w / "data" / "labels.json")
+    if not (w / "bench-gen" / "bench_report.json").is_file():
+        with served(MODEL, log) as url:
+            bench(url, w / "bench-gen", log, args, ["--structured-choice", labels], args.num_prompts)
+    gen = json.loads((w / "bench-gen" / "bench_report.json").read_text())
+    if not (w / "bench-cls" / "bench_report.json").is_file() or not (w / "eval-cls" / "eval_report.json").is_file():
+        with served(str(w / "cls" / "merged"), log) as url:
+            bench(url, w / "bench-cls", log, args, [], args.classifier_num_prompts)
+            offramp("eval", "--task", "banking77", "--limit-per-label", "3", "--seed", "0",
+                    "--system", f"classifier={url}/v1+model=classifier+answers=free", "--no-baseline",
+                    "--out", str(w / "eval-cls"), log=log)  # fmt: skip
+    if not (w / "bench-cls-direct" / "bench_report.json").is_file():
+        with vllm_alone(w / "cls" / "merged", w / "vllm-alone.log") as url:
+            bench(url, w / "bench-cls-direct", log, args, [], args.classifier_num_prompts)
+    cls = json.loads((w / "bench-cls" / "bench_report.json").read_text())
+    direct = json.loads((w / "bench-cls-direct" / "bench_report.json").read_text())
+    ev = json.loads((w / "eval-cls" / "eval_report.json").read_text())
     system = next(s for s in ev["systems"] if s["name"] == "classifier")
 
-    gen_points, cls_points = points(gen), points(cls)
+    gen_points, cls_points, direct_points = points(gen), points(cls), points(direct)
     body = {
         "what": "SmolLM2-135M-Instruct on Banking77 (77 labels): a LoRA classifier head served by vLLM's pooling "
         "runner through offramp's chat face vs the base model answering by constrained generation "
@@ -141,22 +166,34 @@ def main() -> None:
         "source": "measured here by scripts/bench_classifier.py",
         "workload": {
             "prompts": gen["workload"]["description"],
-            "num_prompts_per_level": args.num_prompts,
+            "num_prompts_per_level": {"generation": args.num_prompts, "classifier": args.classifier_num_prompts},
             "prompt_tokens_mean": cls["workload"]["prompt_tokens_mean"],
         },  # fmt: skip
         "constrained_generation": {"model": MODEL, "points": gen_points, "cost": gen.get("cost")},
-        "classifier": {"model": f"{MODEL} + LoRA classify head", "points": cls_points, "cost": cls.get("cost")},
+        "classifier": {
+            "model": f"{MODEL} + LoRA classify head",
+            "path": "offramp's chat face (router) in front of vLLM's pooling runner, /pooling passed through",
+            "points": cls_points,
+            "cost": cls.get("cost"),
+        },
+        "classifier_vllm_alone": {
+            "model": f"{MODEL} + LoRA classify head",
+            "path": "vLLM's pooling runner alone (no router): what the router costs",
+            "points": direct_points,
+        },
         "requests_per_s_ratio": {
             str(g["concurrency"]): c["requests_per_s"] / g["requests_per_s"]
             for g, c in zip(gen_points, cls_points, strict=True)
         },
+        "requests_per_s_ratio_at_peak": max(p["requests_per_s"] for p in cls_points)
+        / max(p["requests_per_s"] for p in gen_points),
         "accuracy": {
             "classifier": {
                 "accuracy": system["accuracy"],
                 "macro_f1": system.get("macro_f1"),
                 "n_queries": ev.get("n_queries"),
                 "train_steps": ft.get("steps"),
-                "train_wall_s": round(train_s, 1),
+                "train_wall_s": ft.get("wall_time_s"),
                 "scorer": "argmax of the head (the chat face's label)",
             },
             "lm_head_default_run": lm_head_accuracy(),

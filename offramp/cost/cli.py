@@ -61,7 +61,8 @@ def _load_inputs(
     eval_report = load_report(eval_path, "eval") if eval_path is not None else None
     if eval_report is not None and workload_fields.get("reasoning_tokens") is None:
         workload_fields.update(_measured_reasoning(eval_report, api, eval_path))
-    workload = load_workload(workload_file, workload_fields, defaults=_bench_tokens(bench_report, bench))
+    defaults = _bench_tokens(bench_report, bench, api_prompts or prompts, model or served[-1])
+    workload = load_workload(workload_file, workload_fields, defaults=defaults)
     if finetune is not None:
         one_off_fields.update(_finetune_one_off(finetune))
     try:
@@ -206,16 +207,30 @@ def _measured_reasoning(ev, api: str, path: Path) -> dict[str, Any]:
     return {}
 
 
-def _bench_tokens(bench, path: Path) -> dict[str, Any]:
-    """Tokens per request of the bench's own requests: the default token mix when none is given."""
+def _bench_tokens(bench, path: Path, answered: Path | None, model: str) -> dict[str, Any]:
+    """Tokens per request of the bench's own requests: the default token mix when none is given. A classifier's
+    bench generates nothing, but the API it replaces answers with the label: its output tokens are then counted on
+    the answers of `answered` (the API's prompts with their labels)."""
     point = bench.sustainable or next((p for p in bench.points if p.completed > 0), None)
     if point is None or point.completed <= 0:
         return {}
-    return {
+    tokens = {
         "input_tokens": point.input_tokens / point.completed,
         "output_tokens": point.output_tokens / point.completed,
         "token_source": f"measured: mean of the {point.completed} requests of the load point in {path}",
     }
+    if point.output_tokens == 0:
+        from offramp.cost.workload import measure_tokens
+
+        if answered is None:
+            raise OfframpError(
+                f"{path} is a classifier's bench (no output tokens), but the API answers in tokens: pass "
+                "--output-tokens (the label's length), or --api-prompts / --prompts with the answers"
+            )
+        labels = measure_tokens(answered, model)
+        tokens["output_tokens"] = labels["output_tokens"]
+        tokens["token_source"] += f"; output: the API's answers (the labels), {labels['token_source']}"
+    return tokens
 
 
 def _write_outputs(out: Path, inp, body: dict) -> tuple[Path, Path]:

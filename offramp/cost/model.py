@@ -334,7 +334,8 @@ def self_hosted_cost(w: Workload, cap: Capacity, price_per_hour: float, **hostin
         input_cost_share=share,
         per_request_usd=host / r if r > 0 else None,
         per_1m_input_usd=host * share / (r * w.input_tokens) * 1e6 if r > 0 else None,
-        per_1m_output_usd=host * (1 - share) / (r * w.output_tokens) * 1e6 if r > 0 and w.output_tokens else None,
+        # a classifier (share 1) generates nothing: the API's output tokens cost the host nothing, so no figure
+        per_1m_output_usd=host * (1 - share) / (r * w.output_tokens) * 1e6 if r > 0 and share < 1 else None,
         floor_per_1m_input_usd=per_sec * cap.seconds_per_input_token * 1e6,
         floor_per_1m_output_usd=per_sec * cap.seconds_per_output_token * 1e6,
     )
