@@ -6,7 +6,8 @@ capture` runs as its own process (`python -m offramp capture`, as deployed) with
 (concurrency 1) and interleaved (direct, proxied, proxied without recording), N rounds after a warm-up, so that
 every path sees the same box load. Added latency = proxied - direct, at p50 and p99 of each path and of the paired
 differences. The third path, the same proxy with `Store.record` replaced by a no-op (for this measurement only),
-splits the added latency into the proxy stack (FastAPI, uvicorn, httpx) and the durable write.
+splits the added latency into the proxy stack (FastAPI, uvicorn, httpx) and the durable write; the fourth, a bare
+passthrough on the same stack (BARE below), is the floor any proxy built on it adds on this machine.
 
     python scripts/bench_capture.py --calls 500 --out results/capture
 """
@@ -51,10 +52,41 @@ NO_RECORD = (
 )
 
 
+# The floor: the same stack (uvicorn, Starlette, one httpx.AsyncClient) forwarding the body and nothing else; what
+# any Python proxy on this stack adds here, so the proxy's own code is the difference above it.
+BARE = """
+import sys, httpx, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
+upstream, port = sys.argv[1], int(sys.argv[2])
+client = httpx.AsyncClient(timeout=30)
+async def forward(request):
+    r = await client.post(upstream + "/chat/completions", content=await request.body(),
+                          headers={"content-type": "application/json"})
+    return Response(r.content, status_code=r.status_code, media_type="application/json")
+async def health(request):
+    return Response("ok")
+routes = [Route("/v1/chat/completions", forward, methods=["POST"]), Route("/health", health)]
+uvicorn.run(Starlette(routes=routes), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+"""
+
+
+def start_bare(upstream: str, port: int) -> subprocess.Popen:
+    from offramp.envs import ensure_env
+
+    cmd = [str(ensure_env("runtime", quiet=True)), "-c", BARE, upstream, str(port)]
+    return _started(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), port)
+
+
 def start_proxy(upstream: str, store: Path, port: int, record: bool = True) -> subprocess.Popen:
     launcher = ["-m", "offramp"] if record else ["-c", NO_RECORD]
     cmd = [sys.executable, *launcher, "capture", "--upstream", upstream, "--store", str(store)]
     proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return _started(proc, port)
+
+
+def _started(proc: subprocess.Popen, port: int) -> subprocess.Popen:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -63,7 +95,7 @@ def start_proxy(upstream: str, store: Path, port: int, record: bool = True) -> s
         except httpx.HTTPError:
             time.sleep(0.1)
     proc.kill()
-    raise SystemExit(f"the capture proxy did not start: {proc.stderr.read().decode()[-2000:]}")
+    raise SystemExit(f"the proxy on port {port} did not start: {proc.stderr.read().decode()[-2000:]}")
 
 
 def timed(client: httpx.Client, url: str) -> float:
@@ -82,12 +114,13 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 def measure(n: int, warmup: int, work: Path) -> dict:
     store = work / "traffic.db"
-    paths: dict[str, list[float]] = {"direct": [], "proxied": [], "proxied_no_record": []}
+    paths: dict[str, list[float]] = {"direct": [], "proxied": [], "proxied_no_record": [], "bare_passthrough": []}
     with FakeOpenAI(default="card_arrival") as api:
-        ports = {"proxied": free_port(), "proxied_no_record": free_port()}
+        ports = {"proxied": free_port(), "proxied_no_record": free_port(), "bare_passthrough": free_port()}
         procs = [
             start_proxy(api.url, store, ports["proxied"]),
             start_proxy(api.url, work / "unused.db", ports["proxied_no_record"], record=False),
+            start_bare(api.url, ports["bare_passthrough"]),
         ]
         urls = {"direct": api.url, **{k: f"http://127.0.0.1:{p}/v1" for k, p in ports.items()}}
         try:
@@ -106,7 +139,7 @@ def measure(n: int, warmup: int, work: Path) -> dict:
     with open_store(store, create=False) as s:
         recorded = s.count()
     out: dict = {name: percentiles(v) for name, v in paths.items()}
-    for name in ("proxied", "proxied_no_record"):
+    for name in ("proxied", "proxied_no_record", "bare_passthrough"):
         diffs = [p - d for p, d in zip(paths[name], paths["direct"], strict=True)]
         out[f"added_{name}" if name != "proxied" else "added"] = {
             "p50_ms": out[name]["p50_ms"] - out["direct"]["p50_ms"],
@@ -136,7 +169,8 @@ def main() -> None:
         "calls": a.calls,
         "warmup_pairs": a.warmup,
         "concurrency": 1,
-        "order": "interleaved: each round is a direct call, a proxied call, a proxied call without recording",
+        "order": "interleaved: each round is a direct call, a proxied call, a proxied call without recording, "
+        "and a call through the bare passthrough (BARE: uvicorn + Starlette + httpx forwarding the body only)",
         "upstream": "tests/fake_openai.py on 127.0.0.1 (in the benchmark's process)",
         "proxy": "python -m offramp capture (its own process), SQLite store, no --redact, no --shadow",
         "target": {"added_p50_ms": 2.0, "met": m["added"]["p50_ms"] < 2.0},

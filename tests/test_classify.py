@@ -258,6 +258,25 @@ def test_bench_drives_the_classifier_through_pooling_and_break_even_prices_input
     assert costs[3][0] == pytest.approx(costs[300][0])  # a classifier's capacity does not depend on output tokens
     assert costs[300][1] > costs[3][1]  # the API's bill does
 
+    # no --output-tokens: the bench generated none, so the API's answers are counted on --api-prompts' labels
+    be = ["breakeven", "--api", "gpt-4o-mini", "--bench", str(tmp_path / "b" / "bench_report.json"),
+          "--requests-per-month", "1000000", "--host-price-per-hour", "0.36"]  # fmt: skip
+
+    def priced_on_answers(suffix: str) -> tuple[float, float]:
+        api = tmp_path / f"api{len(suffix)}.jsonl"
+        rows = [chat_record("Classify the query.", f"query {i}", LABELS[i % 3] + suffix) for i in range(6)]
+        api.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        res = run_cli(*be, "--api-prompts", str(api), "--out", str(tmp_path / f"be-api{len(suffix)}"))
+        assert res.returncode == 0, res.stderr[-3000:]
+        body = json.loads((tmp_path / f"be-api{len(suffix)}" / "breakeven_report.json").read_text())
+        return body["workload"]["output_tokens"], body["api"]["cost"]["monthly_usd"]["value"]
+
+    short, long = priced_on_answers(""), priced_on_answers(" because the customer asks about it at length")
+    assert 0 < short[0] < long[0] and short[1] < long[1]
+    res = run_cli(*be, "--out", str(tmp_path / "be-none"))
+    assert res.returncode != 0 and "is a classifier's bench (no output tokens)" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "be-none").exists()
+
 
 @pytest.mark.vllm
 def test_cli_cascade_escalates_below_the_threshold_on_the_classifier_confidence(

@@ -458,10 +458,13 @@ def test_offramp_run_end_to_end_on_the_tiny_model(cli, tiny_model, tmp_path, mon
     # the classifier head, trained, served by vLLM's pooling runner, evaluated, benchmarked and priced beside it
     cls = report["classifier"]
     assert cls["finetune"]["head"] == "classify" and cls["eval"]["n_queries"] == 154
-    assert cls["eval"]["gate"]["candidate"] == "classifier" and cls["bench"]["endpoint"].endswith("/pooling")
+    assert cls["eval"]["gate"]["candidate"] == "classifier" and cls["bench"]["settings"]["endpoint_kind"].startswith(
+        "classifier"
+    )
     assert cls["breakeven"]["self_hosted"]["split_rule"] != report["breakeven"]["self_hosted"]["split_rule"]
     rows = {r["name"]: r for r in report["candidates"]}
     assert set(rows) == {"tuned", "classifier"} and all(r["requests_per_s"] > 0 for r in rows.values())
+    assert all(r["usd_per_1m_requests_fully_utilised"] > 0 for r in rows.values())
     assert report["verdict"]["candidate"] in rows and report["verdict"]["reason"].startswith("Candidate ")
     assert "Candidates side by side" in (tmp_path / "runs" / "tiny-e2e" / "report.html").read_text()
 

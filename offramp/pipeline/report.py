@@ -116,6 +116,7 @@ def candidate_row(c: dict) -> dict:
     cost = ((be or {}).get("self_hosted") or {}).get("cost") or {}
     value = lambda k: (cost.get(k) or {}).get("value")  # noqa: E731
     per_request = value("per_request_usd")
+    floor = ((bench or {}).get("cost") or {}).get("fully_utilised_floor") or {}
     return {
         "name": c["name"],
         "head": c["head"],
@@ -124,7 +125,8 @@ def candidate_row(c: dict) -> dict:
         "gate": (ev or {}).get("gate", {}).get("verdict"),
         "requests_per_s": point.get("requests_per_s"),
         "concurrency": point.get("concurrency"),
-        "usd_per_1m_requests": None if per_request is None else per_request * 1e6,
+        "usd_per_1m_requests": None if per_request is None else per_request * 1e6,  # at the configured volume
+        "usd_per_1m_requests_fully_utilised": floor.get("per_million_requests"),  # the host busy all the time
         "self_hosted_monthly_usd": value("monthly_usd"),
         "break_even_requests_per_month": ((be or {}).get("break_even") or {}).get("volume"),
         "decision": ((be or {}).get("decision") or {}).get("verdict"),
@@ -156,7 +158,8 @@ def candidate_sentence(rows: list[dict], chosen: str) -> str:
     for r in rows:
         acc = "not evaluated" if r["accuracy"] is None else f"{_accuracy(r['accuracy'], False)}"
         rps = "–" if r["requests_per_s"] is None else f"{r['requests_per_s']:.1f} requests/s"
-        usd = "–" if r["usd_per_1m_requests"] is None else f"${r['usd_per_1m_requests']:,.2f} per 1M requests"
+        floor = r.get("usd_per_1m_requests_fully_utilised")
+        usd = "–" if floor is None else f"${floor:,.2f} per 1M requests fully utilised"
         parts.append(f"{r['name']} ({heads[r['head']]}): {acc}, gate {r['gate'] or '–'}, {rps}, {usd}")
     why = "passes the gate and costs least" if any(r["gate"] == "GO" for r in rows) else "is the most accurate"
     return f"Candidate {chosen} {why} ({'; '.join(parts)})"
@@ -394,6 +397,9 @@ def _candidates_section(rows: list[dict], chosen: str | None) -> str:
             "–" if r["accuracy"] is None else _accuracy(r["accuracy"], False),
             r["gate"] or "–",
             "–" if r["requests_per_s"] is None else f"{r['requests_per_s']:.2f} (c={r['concurrency']})",
+            "–"
+            if r.get("usd_per_1m_requests_fully_utilised") is None
+            else _usd(r["usd_per_1m_requests_fully_utilised"]),
             "–" if r["usd_per_1m_requests"] is None else _usd(r["usd_per_1m_requests"]),
             "–" if r["self_hosted_monthly_usd"] is None else _usd(r["self_hosted_monthly_usd"]),
             "–" if r["break_even_requests_per_month"] is None else f"{r['break_even_requests_per_month']:,.0f}",
@@ -402,11 +408,14 @@ def _candidates_section(rows: list[dict], chosen: str | None) -> str:
         for r in rows
     ]
     return (
-        "<h2>Candidates side by side</h2><p class='small'>The same test queries, gate and workload; requests/s at "
-        "the bench's highest load meeting the SLO, cost at the configured volume. Measured here by this run.</p>"
+        "<h2>Candidates side by side</h2><p class='small'>The same test queries, gate and workload, measured here by "
+        "this run; requests/s at the bench's highest load meeting the SLO; $ per 1M requests with the host busy all "
+        "the time (the bench's floor), then at the configured volume (the host's monthly cost over the month's "
+        "requests).</p>"
         + _table(
-            ["candidate", "head", "accuracy [95 % CI]", "gate", "requests/s", "$ per 1M requests",
-             "self-hosted $/month", "break-even requests/month", "decision"],
+            ["candidate", "head", "accuracy [95 % CI]", "gate", "requests/s", "$ per 1M requests, host fully busy",
+             "$ per 1M requests at the configured volume", "self-hosted $/month", "break-even requests/month",
+             "decision"],
             table,
         )
     )  # fmt: skip
