@@ -66,7 +66,10 @@ def cost_per_million(point: dict, price: dict, *, utilisation: float, split: str
     if not 0 < utilisation <= 1:
         raise OfframpError(f"utilisation must be in (0, 1], got {utilisation}")
     tin, tout = point["input_tokens_per_s"], point["output_tokens_per_s"]
-    classifier = point.get("output_tokens") == 0  # a pooling load generates nothing: input pays for everything
+    from offramp.artifacts import LoadPoint
+    from offramp.cost.model import generates_nothing
+
+    classifier = generates_nothing(LoadPoint.model_validate(point))  # a pooling load: input pays for everything
     if tin <= 0 or (tout <= 0 and not classifier) or point.get("requests_per_s", 0) <= 0:
         raise OfframpError("the sustainable load point has no input or output throughput to price")
     per_s = price["value"] / 3600.0

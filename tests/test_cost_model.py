@@ -221,6 +221,10 @@ def test_bad_load_point_is_an_error():
         capacity_from_point(point(completed=0))
     with pytest.raises(OfframpError, match="output weight"):
         capacity_from_point(point(), output_weight=0)
+    classifier = point(output_tokens=0, output_tokens_per_s=0.0)  # a pooling load: the weight is unused, not unchecked
+    with pytest.raises(OfframpError, match="output weight"):
+        capacity_from_point(classifier, output_weight=-1)
+    assert capacity_from_point(classifier).input_time_share == 1.0
     with pytest.raises(OfframpError, match="TTFT"):
         capacity_from_point(point(ttft_ms={"p99": 1.0}))
 

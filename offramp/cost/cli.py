@@ -219,7 +219,9 @@ def _bench_tokens(bench, path: Path, answered: Path | None, model: str) -> dict[
         "output_tokens": point.output_tokens / point.completed,
         "token_source": f"measured: mean of the {point.completed} requests of the load point in {path}",
     }
-    if point.output_tokens == 0:
+    from offramp.cost.model import generates_nothing
+
+    if generates_nothing(point):
         from offramp.cost.workload import measure_tokens
 
         if answered is None:

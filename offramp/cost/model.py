@@ -157,6 +157,11 @@ CLASSIFIER_RULE = (
 )
 
 
+def generates_nothing(point: LoadPoint) -> bool:
+    """A classifier's load (vLLM's pooling runner): requests completed and not one token generated."""
+    return point.completed > 0 and point.output_tokens == 0
+
+
 def capacity_from_point(
     point: LoadPoint, output_weight: float | None = None, *, prefill_point: LoadPoint | None = None
 ) -> Capacity:
@@ -172,13 +177,13 @@ def capacity_from_point(
       queueing included) is charged to input tokens.
     """
     tin, tout = point.input_tokens_per_s, point.output_tokens_per_s
-    if point.completed > 0 and tin > 0 and point.output_tokens == 0:
+    if output_weight is not None and output_weight <= 0:  # checked for a classifier's point too
+        raise OfframpError(f"output weight must be > 0, got {output_weight}")
+    if generates_nothing(point) and tin > 0:
         return Capacity(1.0 / tin, 0.0, 1.0, CLASSIFIER_RULE)
     if point.completed <= 0 or tin <= 0 or tout <= 0:
         raise OfframpError("the sustainable load point has no completed requests or no token throughput")
     if output_weight is not None:
-        if output_weight <= 0:
-            raise OfframpError(f"output weight must be > 0, got {output_weight}")
         share = tin / (tin + output_weight * tout)
         rule = f"stated ratio: one output token costs the host time of {output_weight:g} input tokens"
         return Capacity(share / tin, (1 - share) / tout, share, rule)
@@ -228,7 +233,7 @@ def bench_range_warnings(w: Workload, points: list[LoadPoint], factor: float = 2
         return []
     warnings = []
     measured = [("input", w.input_tokens), ("output", w.output_tokens)]
-    if all(p.output_tokens == 0 for p in done):  # a classifier: its capacity does not depend on output tokens
+    if all(generates_nothing(p) for p in done):  # a classifier: its capacity does not depend on output tokens
         measured = measured[:1]
     for what, mine in measured:
         per_request = [getattr(p, f"{what}_tokens") / p.completed for p in done]
