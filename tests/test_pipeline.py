@@ -254,8 +254,8 @@ def test_eval_settings_reach_the_eval_commands_argv(tmp_path, monkeypatch):
     monkeypatch.setattr(stages_mod, "offramp_cmd", lambda *args, log: calls.append(list(args)))
 
     @contextmanager
-    def fixed_urls(i, w, up, checkpoints):
-        yield {"base": "http://127.0.0.1:9", **dict.fromkeys(checkpoints, "http://127.0.0.1:9")}
+    def fixed_urls(i, w, up, checkpoints, base=True):
+        yield stages_mod.Served({"base": "http://127.0.0.1:9", **dict.fromkeys(checkpoints, "http://127.0.0.1:9")}, {})
 
     monkeypatch.setattr(stages_mod, "served_all", fixed_urls)
 

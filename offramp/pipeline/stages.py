@@ -205,12 +205,26 @@ def quantize(i: Inputs, w: Path, up: Up) -> None:
     (w / QUANTIZED).write_text(json.dumps({"source": src, "methods": outcomes}, indent=2))
 
 
+@dataclass
+class Served:
+    urls: dict[str, str]  # served name -> base URL
+    procs: dict[str, subprocess.Popen]
+
+    def keep_only(self, name: str) -> None:
+        """Stop every server but `name`'s: a bench measures one server, not it and its idle neighbours on the same
+        cores (with three up, the LM head's p99 TPOT missed the SLO it met alone)."""
+        for other, proc in self.procs.items():
+            if other != name:
+                stop_group(proc)
+
+
 @contextmanager
-def served_all(i: Inputs, w: Path, up: Up, checkpoints: dict[str, str]) -> Iterator[dict[str, str]]:
-    """The base model (+ the tuned adapter) as `base`, and each checkpoint under its served name, each on its own
-    free loopback port; all start together (their start-ups overlap). Yields {name: base URL}."""
+def served_all(i: Inputs, w: Path, up: Up, checkpoints: dict[str, str], *, base: bool = True) -> Iterator[Served]:
+    """The base model (+ the tuned adapter) as `base` (unless base=False), and each checkpoint under its served
+    name, each on its own free loopback port; all start together (their start-ups overlap)."""
     adapter = ["--adapter", f"tuned={up['finetune'] / 'ft' / 'adapter'}"] if "finetune" in up else []
-    launches = {"base": [i.config.model, *adapter]} | {name: [path] for name, path in checkpoints.items()}
+    launches = {"base": [i.config.model, *adapter]} if base else {}
+    launches |= {name: [path] for name, path in checkpoints.items()}
     procs: dict[str, tuple[subprocess.Popen, int]] = {}
     try:
         for name, target in launches.items():
@@ -227,7 +241,8 @@ def served_all(i: Inputs, w: Path, up: Up, checkpoints: dict[str, str]) -> Itera
             procs[name] = (proc, port)
         for name, (proc, port) in procs.items():
             wait_until_healthy(proc, f"http://127.0.0.1:{port}", 600, f"offramp serve {name}", partial(_tail, _log(w)))
-        yield {name: f"http://127.0.0.1:{port}" for name, (_, port) in procs.items()}
+        yield Served({name: f"http://127.0.0.1:{port}" for name, (_, port) in procs.items()},
+                     {name: proc for name, (proc, _) in procs.items()})  # fmt: skip
     finally:
         for proc, _ in procs.values():
             stop_group(proc)
@@ -259,7 +274,8 @@ def evaluate(i: Inputs, w: Path, up: Up) -> None:
             _note(_log(w), f"eval: {q['system']} not evaluated: {q['note']}")
     cls = classifier_checkpoint(up)
     checkpoints = {q["system"]: q["checkpoint"] for q in quantized if q["evaluated"]}
-    with served_all(i, w, up, checkpoints | ({CLASSIFIER: str(cls)} if cls else {})) as urls:
+    with served_all(i, w, up, checkpoints) as served:
+        urls = served.urls
         url = urls["base"]
         base_answers = "" if c.eval.base_answers == "both" else f"+answers={c.eval.base_answers}"
         systems = ["--system", f"base={url}/v1+model=base{base_answers}"]
@@ -274,20 +290,26 @@ def evaluate(i: Inputs, w: Path, up: Up) -> None:
             "eval", *_task_args(i, up), *systems, *_gate_args(i), "--concurrency", str(c.eval.concurrency),
             "--candidate", _candidate(up), "--out", str(w), log=_log(w),
         )  # fmt: skip
-        if cls:
+        if c.serve.enabled:  # benchmark the LM candidate's server now, alone: one vLLM start-up (~60 s) less
+            served.keep_only("base")
+            _bench_here(i, urls["base"], w, w / "bench", up, _candidate(up))
+    if cls:  # after the LM candidate's servers, not beside them: idle vLLM servers still take CPU from the busy one
+        with served_all(i, w, up, {CLASSIFIER: str(cls)}, base=False) as served:
             try:
-                evaluate_classifier(i, w / CLASSIFIER, up, urls[CLASSIFIER])
+                evaluate_classifier(i, w / CLASSIFIER, up, served.urls[CLASSIFIER])
             except StageFailed as e:  # the LM candidate's report stands; the classifier is then not judged
                 _note(_log(w), f"eval: the classifier candidate's eval failed: {e}")
-        if c.serve.enabled:  # benchmark the same servers now: one vLLM start-up (~60 s on 2 cores) less each
-            benched = {"base": (w / "bench", _candidate(up))} | (
-                {CLASSIFIER: (w / CLASSIFIER / "bench", CLASSIFIER)} if cls else {}
-            )
-            for name, (out, model) in benched.items():
-                try:
-                    run_bench(i, urls[name], out, up, _log(w), model)
-                except StageFailed as e:  # the bench stage then starts its own server
-                    _note(_log(w), f"eval: benchmarking {name} failed, the bench stage will retry: {e}")
+                return
+            if c.serve.enabled:
+                _bench_here(i, served.urls[CLASSIFIER], w, w / CLASSIFIER / "bench", up, CLASSIFIER)
+
+
+def _bench_here(i: Inputs, url: str, w: Path, out: Path, up: Up, model: str) -> None:
+    """The eval stage's bench of a server it has up; a failure is left for the bench stage to retry."""
+    try:
+        run_bench(i, url, out, up, _log(w), model)
+    except StageFailed as e:
+        _note(_log(w), f"eval: benchmarking {model} failed, the bench stage will retry: {e}")
 
 
 def evaluate_classifier(i: Inputs, out: Path, up: Up, url: str) -> None:
@@ -317,7 +339,7 @@ def _gate_args(i: Inputs) -> list[str]:
 
 def bench(i: Inputs, w: Path, up: Up) -> None:
     """The LM candidate's bench into w, the classifier's into w/classifier: measured on the eval stage's servers
-    where that worked, else on servers of its own."""
+    (each alone) where that worked, else on a server of its own, one at a time."""
     cls = classifier_checkpoint(up)
     wanted = {"base": (Path(), _candidate(up))} | ({CLASSIFIER: (Path(CLASSIFIER), CLASSIFIER)} if cls else {})
     missing = {}
@@ -328,11 +350,10 @@ def bench(i: Inputs, w: Path, up: Up) -> None:
             _note(_log(w), f"bench: {name} measured on the eval stage's server ({measured})")
         else:
             missing[name] = (sub, model)
-    if not missing:
-        return
-    with served_all(i, w, up, {CLASSIFIER: str(cls)} if CLASSIFIER in missing else {}) as urls:
-        for name, (sub, model) in missing.items():
-            run_bench(i, urls[name], w / sub, up, _log(w), model)
+    for name, (sub, model) in missing.items():  # one server at a time: each measured alone on the host
+        checkpoints = {CLASSIFIER: str(cls)} if name == CLASSIFIER else {}
+        with served_all(i, w, up, checkpoints, base=name == "base") as served:
+            run_bench(i, served.urls[name], w / sub, up, _log(w), model)
 
 
 def run_bench(i: Inputs, url: str, out: Path, up: Up, log_path: Path, model: str) -> None:
