@@ -405,6 +405,10 @@ def _breakeven_args(i: Inputs, up: Up, candidate: str | None = None) -> list[str
 
 def cascade(i: Inputs, w: Path, up: Up) -> None:
     """The cascade as one more candidate: its curve and threshold, then its cost at the escalation it needs."""
+    hosted = load_report(up["breakeven"] / "breakeven_report.json", "breakeven").self_hosted
+    if hosted is None or hosted.cost.per_request_usd.value is None:  # no load level met the SLO: nothing to price
+        _note(_log(w), "cascade: not priced: no load level of the candidate's bench met the latency SLO")
+        return
     c = i.config.cascade
     target = ["--target", c.target] if c.target else ["--max-escalation", str(c.max_escalation)]
     offramp_cmd(
