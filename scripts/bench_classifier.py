@@ -161,7 +161,7 @@ def main() -> None:
         "what": "SmolLM2-135M-Instruct on Banking77 (77 labels): a LoRA classifier head served by vLLM's pooling "
         "runner through offramp's chat face vs the base model answering by constrained generation "
         "(structured outputs over the labels), the same prompts, one server at a time",
-        "measured_at": now_iso(),
+        "measured_at": cls.get("created_at") or now_iso(),  # when the benches ran (a re-run may reuse them)
         "hardware": hardware_info(),
         "source": "measured here by scripts/bench_classifier.py",
         "workload": {
