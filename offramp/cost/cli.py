@@ -61,7 +61,10 @@ def _load_inputs(
     eval_report = load_report(eval_path, "eval") if eval_path is not None else None
     if eval_report is not None and workload_fields.get("reasoning_tokens") is None:
         workload_fields.update(_measured_reasoning(eval_report, api, eval_path))
-    defaults = _bench_tokens(bench_report, bench, api_prompts or prompts, model or served[-1])
+    stated = workload_file is not None or any(
+        workload_fields.get(k) is not None for k in ("input_tokens", "output_tokens")
+    )
+    defaults = _bench_tokens(bench_report, bench, api_prompts or prompts, model or served[-1], needed=not stated)
     workload = load_workload(workload_file, workload_fields, defaults=defaults)
     if finetune is not None:
         one_off_fields.update(_finetune_one_off(finetune))
@@ -207,10 +210,11 @@ def _measured_reasoning(ev, api: str, path: Path) -> dict[str, Any]:
     return {}
 
 
-def _bench_tokens(bench, path: Path, answered: Path | None, model: str) -> dict[str, Any]:
+def _bench_tokens(bench, path: Path, answered: Path | None, model: str, *, needed: bool) -> dict[str, Any]:
     """Tokens per request of the bench's own requests: the default token mix when none is given. A classifier's
     bench generates nothing, but the API it replaces answers with the label: its output tokens are then counted on
-    the answers of `answered` (the API's prompts with their labels)."""
+    the answers of `answered` (the API's prompts with their labels), or the user states them (`needed` False: the
+    flags or a workload file give the token mix)."""
     point = bench.sustainable or next((p for p in bench.points if p.completed > 0), None)
     if point is None or point.completed <= 0:
         return {}
@@ -224,6 +228,8 @@ def _bench_tokens(bench, path: Path, answered: Path | None, model: str) -> dict[
     if generates_nothing(point):
         from offramp.cost.workload import measure_tokens
 
+        if answered is None and not needed:
+            return tokens
         if answered is None:
             raise OfframpError(
                 f"{path} is a classifier's bench (no output tokens), but the API answers in tokens: pass "
