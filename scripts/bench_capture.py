@@ -80,8 +80,15 @@ def start_bare(upstream: str, port: int) -> subprocess.Popen:
 
 
 def start_proxy(upstream: str, store: Path, port: int, record: bool = True) -> subprocess.Popen:
-    launcher = ["-m", "offramp"] if record else ["-c", NO_RECORD]
-    cmd = [sys.executable, *launcher, "capture", "--upstream", upstream, "--store", str(store)]
+    from offramp.envs import ensure_env
+
+    # As deployed: the core env's `offramp capture`, which re-runs itself in the runtime env. The no-record variant
+    # starts in the runtime env directly: a re-run would not carry its patched Store.record (it did not, until
+    # 2026-12-03, so that variant recorded too and its split read ~0 ms for the write).
+    launcher = (
+        [sys.executable, "-m", "offramp"] if record else [str(ensure_env("runtime", quiet=True)), "-c", NO_RECORD]
+    )
+    cmd = [*launcher, "capture", "--upstream", upstream, "--store", str(store)]
     proc = subprocess.Popen([*cmd, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return _started(proc, port)
 
@@ -138,6 +145,11 @@ def measure(n: int, warmup: int, work: Path) -> dict:
 
     with open_store(store, create=False) as s:
         recorded = s.count()
+    unused = work / "unused.db"
+    if unused.exists():
+        with open_store(unused, create=False) as s:
+            if s.count():  # the no-record proxy wrote: its split would be meaningless
+                raise SystemExit(f"the no-record proxy recorded {s.count()} calls: Store.record was not replaced")
     out: dict = {name: percentiles(v) for name, v in paths.items()}
     for name in ("proxied", "proxied_no_record", "bare_passthrough"):
         diffs = [p - d for p, d in zip(paths[name], paths["direct"], strict=True)]
