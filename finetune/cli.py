@@ -86,9 +86,8 @@ def finetune(
     _check_inputs(flags["method"], [data, eval_data], host_price_per_hour)
     path = resolve_model(model)
     acc = accelerator()
-    recipe = recipe or (
-        "classify" if flags["head"] == "classify" else "default"
-    )  # a classifier's budget is its recipe's
+    # without --recipe, a classifier trains on its own recipe's budget, not the LM head's
+    recipe = recipe or ("classify" if flags["head"] == "classify" else "default")
     chosen = load_recipe(recipe, acc, flags, parse_overrides(settings or []))
     _check_head(chosen.head, model, path, [data, eval_data])
     require_env("runtime")

@@ -228,9 +228,9 @@ def _bench_tokens(bench, path: Path, answered: Path | None, model: str, *, neede
     if generates_nothing(point):
         from offramp.cost.workload import measure_tokens
 
-        if answered is None and not needed:
-            return tokens
         if answered is None:
+            if not needed:  # the flags or the workload file state the token mix
+                return tokens
             raise OfframpError(
                 f"{path} is a classifier's bench (no output tokens), but the API answers in tokens: pass "
                 "--output-tokens (the label's length), or --api-prompts / --prompts with the answers"

@@ -151,16 +151,18 @@ def best_candidate(rows: list[dict]) -> int:
     return max(measured, key=lambda i: (rows[i]["accuracy"]["value"], -i)) if measured else 0
 
 
+HEADS = {"lm": "LM head", "classify": "classifier head"}  # a candidate's `head`, in words
+
+
 def candidate_sentence(rows: list[dict], chosen: str) -> str:
     """Which candidate the verdict is about, and why, beside the other: the verdict's reason starts with it."""
-    heads = {"lm": "LM head", "classify": "classifier head"}
     parts = []
     for r in rows:
         acc = "not evaluated" if r["accuracy"] is None else f"{_accuracy(r['accuracy'], False)}"
         rps = "–" if r["requests_per_s"] is None else f"{r['requests_per_s']:.1f} requests/s"
         floor = r.get("usd_per_1m_requests_fully_utilised")
         usd = "–" if floor is None else f"${floor:,.2f} per 1M requests fully utilised"
-        parts.append(f"{r['name']} ({heads[r['head']]}): {acc}, gate {r['gate'] or '–'}, {rps}, {usd}")
+        parts.append(f"{r['name']} ({HEADS[r['head']]}): {acc}, gate {r['gate'] or '–'}, {rps}, {usd}")
     why = "passes the gate and costs least" if any(r["gate"] == "GO" for r in rows) else "is the most accurate"
     return f"Candidate {chosen} {why} ({'; '.join(parts)})"
 
@@ -389,11 +391,11 @@ def _quality_section(ev: dict) -> str:
 
 
 def _candidates_section(rows: list[dict], chosen: str | None) -> str:
-    heads = {"lm": "LM head (constrained generation)", "classify": "classifier head (vLLM pooling, one pass)"}
+    how = {"lm": "constrained generation", "classify": "vLLM pooling, one pass"}
     table = [
         [
             f"{r['name']}{' (the verdict)' if r['name'] == chosen else ''}",
-            heads[r["head"]],
+            f"{HEADS[r['head']]} ({how[r['head']]})",
             "–" if r["accuracy"] is None else _accuracy(r["accuracy"], False),
             r["gate"] or "–",
             "–" if r["requests_per_s"] is None else f"{r['requests_per_s']:.2f} (c={r['concurrency']})",
