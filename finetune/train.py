@@ -240,13 +240,14 @@ def train_and_report(
 ) -> tuple[Any, dict[str, Any], Path] | None:
     """Train (resuming a run interrupted with the same inputs) and build the report body; every head shares this.
     Returns (trainer, report body, work dir) on the main process, None on the others."""
-    from transformers import PrinterCallback, Trainer
+    from transformers import PrinterCallback, Trainer, set_seed
 
     from offramp.finetune.callbacks import GracefulStop, RichProgress
 
     r = inputs.recipe
     wd, state = _prepare_work_dir(inputs)
     resume = _last_checkpoint(wd)
+    set_seed(r.seed)  # before loading: LoRA's A matrices and a new label head are drawn from it, not only the batches
     model = load_model()
     world = _world_size()
     steps_per_epoch = -(-len(train.examples) // (r.batch_size * r.grad_accum * world))

@@ -36,7 +36,8 @@ def write_task(d: Path, records: list[dict], labels: list[str] | None) -> Path:
 
 
 def records() -> list[dict]:
-    # 30 rows: each query twice, so the full batch is the same every step and the loss must fall.
+    # 30 rows: each query twice, so the full batch is the same every step and the loss must fall. At lr 3e-3 AdamW
+    # overshot on one CI host (0.90 at step 6, 1.37 at step 10); at 1e-3 the fall is smooth (1.11 -> 0.46 here).
     return [chat(q, label) for label, qs in QUERIES.items() for q in qs] * 2
 
 
@@ -45,8 +46,8 @@ def classifier(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     data = write_task(tmp_path_factory.mktemp("clsdata"), records(), LABELS)
     out = tmp_path_factory.mktemp("cls") / "run"
     res = run_cli(
-        "finetune", str(tiny_model), "--data", str(data), "--head", "classify", "--max-steps", "10",
-        "--batch-size", "30", "--lr", "0.003", "--rank", "8", "--out", str(out), "scheduler=constant",
+        "finetune", str(tiny_model), "--data", str(data), "--head", "classify", "--max-steps", "16",
+        "--batch-size", "30", "--lr", "0.001", "--rank", "8", "--out", str(out), "scheduler=constant",
         "logging_steps=1",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
@@ -58,7 +59,7 @@ def test_classifier_training_moves_the_loss_and_writes_a_seq_cls_checkpoint(clas
     from transformers import AutoModelForSequenceClassification
 
     _, body, curve = finetune_result(classifier)
-    assert body["head"] == "classify" and body["labels"] == LABELS and body["steps"] == 10
+    assert body["head"] == "classify" and body["labels"] == LABELS and body["steps"] == 16
     assert curve[0] == pytest.approx(1.0986, abs=0.35), curve  # a fresh head over 3 labels: about ln 3 nats
     assert curve[-1] < curve[0] - 0.2, curve  # same batch every step: cross-entropy must fall
     assert body["data"]["train"]["examples"] == 30
