@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from offramp.data import label_list, load_chat_jsonl, record_label
+from offramp.data import check_record_labels, label_list, load_chat_jsonl, record_label
 from offramp.errors import NotSupportedHere, OfframpError
 from offramp.finetune.dataset import TokenizedData
 from offramp.finetune.train import (
@@ -40,13 +40,6 @@ def task_labels(data: Path) -> list[str]:
     return label_list(str(path), "labels.json")
 
 
-def check_record_labels(records: list[dict], labels: list[str], source: str) -> None:
-    known = set(labels)
-    for n, rec in enumerate(records, 1):
-        if record_label(rec) not in known:
-            raise OfframpError(f"{source}: record {n} has label {record_label(rec)!r}, which is not in labels.json")
-
-
 def prompt_text(tokenizer: Any, messages: list[dict]) -> str:
     """What the served model sees: the conversation without its final assistant turn, with the generation prompt."""
     return tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
@@ -55,7 +48,7 @@ def prompt_text(tokenizer: Any, messages: list[dict]) -> str:
 def build_label_examples(
     tokenizer: Any, records: list[dict], labels: list[str], max_len: int, source: str
 ) -> TokenizedData:
-    check_record_labels(records, labels, source)
+    check_record_labels(records, labels, source, "labels.json")
     label2id = {label: i for i, label in enumerate(labels)}
     data = TokenizedData(examples=[], records=len(records), dropped_too_long=0)
     for rec in records:

@@ -111,15 +111,15 @@ def finetune(
 def _check_head(head: str, model: str, path: str, data: list[Path | None]) -> None:
     """Before the runtime env starts: classify needs labels.json; a classifier checkpoint has no LM head, and the
     next-token path would silently train a random one."""
-    from offramp.data import load_chat_jsonl
+    from offramp.data import check_record_labels, load_chat_jsonl
     from offramp.errors import OfframpError
-    from offramp.finetune.classify import check_record_labels, task_labels
+    from offramp.finetune.classify import task_labels
     from offramp.store import architectures, is_sequence_classifier
 
     if head == "classify":
         labels = task_labels(data[0])
         for f in filter(None, data):
-            check_record_labels(load_chat_jsonl(f), labels, str(f))
+            check_record_labels(load_chat_jsonl(f), labels, str(f), "labels.json")
     elif is_sequence_classifier(path):
         raise OfframpError(
             f"{model} is a sequence-classification checkpoint ({', '.join(architectures(path))}), not a causal LM; "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from offramp.errors import OfframpError
 from offramp.paths import read_json
@@ -105,8 +105,25 @@ class QuantizeReport(_Report):
     checkpoint_dir: str
     size_bytes: int
     base_size_bytes: int
-    perplexity: float
-    base_perplexity: float
+    head: Literal["lm", "classify"] = "lm"  # classify: a ...ForSequenceClassification checkpoint
+    # an LM head's quality on held-out text; a classifier's: accuracy and agreement with the original's labels
+    perplexity: float | None = None
+    base_perplexity: float | None = None
+    accuracy: float | None = None
+    base_accuracy: float | None = None
+    label_agreement: float | None = None
+
+    @model_validator(mode="after")
+    def _quality_of_its_head(self) -> QuantizeReport:
+        need = (
+            ("accuracy", "base_accuracy", "label_agreement")
+            if self.head == "classify"
+            else ("perplexity", "base_perplexity")
+        )
+        missing = [k for k in need if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"a {self.head} head's quantize report needs {', '.join(missing)}")
+        return self
 
 
 class _Section(BaseModel):

@@ -128,6 +128,14 @@ def record_label(rec: dict) -> str:
     return rec["messages"][-1]["content"].strip()
 
 
+def check_record_labels(records: list[dict], labels: list[str], source: str, label_source: str) -> None:
+    """Every record's answer must be one of `labels` (a classifier's classes, named by `label_source`)."""
+    known = set(labels)
+    for n, rec in enumerate(records, 1):
+        if record_label(rec) not in known:
+            raise OfframpError(f"{source}: record {n} has label {record_label(rec)!r}, which is not in {label_source}")
+
+
 def looks_like_labels(answers: list[str]) -> bool:
     """Few distinct answers for many records: classification labels, not free-text references."""
     return len(set(answers)) <= max(4, len(answers) // 2)

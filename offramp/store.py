@@ -17,6 +17,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from offramp.errors import OfframpError
 from offramp.paths import atomic_dir, downloads_dir, read_json, store_dir, write_json
@@ -100,6 +101,13 @@ def architectures(model_dir: str | Path) -> list[str]:
 
 def is_sequence_classifier(model_dir: str | Path) -> bool:
     return any(a.endswith(CLASSIFIER_SUFFIX) for a in architectures(model_dir))
+
+
+def auto_model_class(model_dir: str | Path) -> Any:
+    """The transformers Auto class that loads this checkpoint with its own head: a label head or an LM head."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification if is_sequence_classifier(model_dir) else AutoModelForCausalLM
 
 
 def require_causal_lm(model_dir: str | Path, command: str) -> None:

@@ -54,10 +54,18 @@ def run(
     ] = "banking77",
     out: Annotated[Path | None, typer.Option(help="output dir (default: quantized/<model>-<method>)")] = None,
     n_calib: Annotated[int, typer.Option(help="calibration conversations (GPTQ / SmoothQuant)")] = 128,
-    n_heldout: Annotated[int, typer.Option(help="held-out conversations scored for perplexity")] = 100,
+    n_heldout: Annotated[
+        int, typer.Option(help="held-out conversations scored (perplexity; a classifier: accuracy and agreement)")
+    ] = 100,
     max_ppl_ratio: Annotated[
         float, typer.Option(help="reload check: fail above this x the original's perplexity")
     ] = 2.0,
+    min_agreement: Annotated[
+        float,
+        typer.Option(
+            help="reload check of a classifier: fail below this share of held-out prompts given the original's label"
+        ),
+    ] = 0.9,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output dir")] = False,
     sym: Annotated[
         bool,
@@ -70,16 +78,22 @@ def run(
     from rich.console import Console
 
     from offramp.envs import require_env
+    from offramp.errors import OfframpError
     from offramp.quantize.calib import load_task_text
+    from offramp.quantize.checks import check_heldout_labels
     from offramp.quantize.methods import get_method
-    from offramp.quantize.run import check_checkpoint
+    from offramp.quantize.run import check_checkpoint, head_of
     from offramp.store import resolve_model
 
     # bad method, model or calibration data: one error line here, before any env is set up or model loaded
     chosen = get_method(method)
     src = resolve_model(model)
-    check_checkpoint(src)
-    load_task_text(calib, n_calib=n_calib, n_heldout=n_heldout)
+    check_checkpoint(src, chosen)
+    task = load_task_text(calib, n_calib=n_calib, n_heldout=n_heldout)
+    if not 0 < min_agreement <= 1:
+        raise OfframpError(f"--min-agreement {min_agreement}: a share between 0 and 1")
+    if Path(src).is_dir() and head_of(src) == "classify":
+        check_heldout_labels(src, task)
     out = out or Path("quantized") / f"{Path(model.rstrip('/')).name}-{chosen.name}"
     os.environ.setdefault("TQDM_DISABLE", "1")  # before any library imports tqdm (here or in the re-exec'd env)
     require_env(chosen.env)
@@ -96,11 +110,21 @@ def run(
         max_ppl_ratio=max_ppl_ratio,
         overwrite=overwrite,
         sym=sym,
+        min_agreement=min_agreement,
     )
+    if report["head"] == "classify":
+        quality = (
+            f"accuracy {100 * report['base_accuracy']:.1f} -> {100 * report['accuracy']:.1f} %, the original's label "
+            f"on {100 * report['label_agreement']:.1f} % of held-out prompts"
+        )
+    else:
+        quality = (
+            f"perplexity {report['base_perplexity']:.3f} -> {report['perplexity']:.3f} "
+            f"({report['perplexity_change_pct']:+.1f} %)"
+        )
     Console(stderr=True).print(
         f"[green]wrote[/] {out}: linear layers {report['linear_compression']}x smaller, checkpoint "
-        f"{report['size_ratio']}x of the original, perplexity {report['base_perplexity']:.3f} -> "
-        f"{report['perplexity']:.3f} ({report['perplexity_change_pct']:+.1f} %), {report['quantize_time_s']} s"
+        f"{report['size_ratio']}x of the original, {quality}, {report['quantize_time_s']} s"
     )
     print(out)
 

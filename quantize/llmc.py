@@ -7,7 +7,10 @@ SmolLM2's MLP intermediate activations have outlier channels that per-token INT8
 down_proj quantized, vLLM-CPU answers in emoji), and SmoothQuant's Llama mappings do not smooth that layer.
 
 transformers does not apply the activation quantization on reload, so `load` adds it (as vLLM runs it): the reload
-perplexity then measures the model that is served.
+check then measures the model that is served.
+
+A classifier (`...ForSequenceClassification`) is quantized the same way, with its label head (`score`) kept in bf16
+where an LM keeps `lm_head`: vLLM's pooling runner serves the result with the same INT8 kernels.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from offramp.hardware import accelerator, model_dtype
+from offramp.store import auto_model_class, is_sequence_classifier
 
-SCHEME = {"scheme": "W8A8", "targets": "Linear", "ignore": ["lm_head", "re:.*down_proj$"]}
+
+def scheme(src: str | Path) -> dict:
+    head = "score" if is_sequence_classifier(src) else "lm_head"
+    return {"scheme": "W8A8", "targets": "Linear", "ignore": [head, "re:.*down_proj$"]}
 
 
 def check_supported(method: str) -> None:
@@ -26,15 +33,16 @@ def check_supported(method: str) -> None:
 def quantize(method: str, src: str, out: Path, calib_texts: list[str], group_size: int, *, sym: bool = True) -> dict:
     import torch
     from llmcompressor import oneshot
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(src)
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, model_dtype("quantize")))
+    model = auto_model_class(src).from_pretrained(src, dtype=getattr(torch, model_dtype("quantize")))
+    layers = scheme(src)
     if method == "w8a8-int8-rtn":
         from llmcompressor.modifiers.quantization import QuantizationModifier
 
         # no dataset: weight scales come from the weights, activation scales per token at run time
-        settings = dict(SCHEME)
+        settings = dict(layers)
         oneshot(model=model, tokenizer=tokenizer, recipe=[QuantizationModifier(**settings)])
         model.save_pretrained(out, save_compressed=True)
         return {"settings": {**settings, "weights": "int8 per-channel, round to nearest", "calibration_samples": 0}}
@@ -46,8 +54,8 @@ def quantize(method: str, src: str, out: Path, calib_texts: list[str], group_siz
     max_len = 512
     encoded = tokenizer(calib_texts, add_special_tokens=False, truncation=True, max_length=max_len)
     dataset = Dataset.from_dict({"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]})
-    settings = {"smoothing_strength": 0.8, **SCHEME}
-    recipe = [SmoothQuantModifier(smoothing_strength=settings["smoothing_strength"]), GPTQModifier(**SCHEME)]
+    settings = {"smoothing_strength": 0.8, **layers}
+    recipe = [SmoothQuantModifier(smoothing_strength=settings["smoothing_strength"]), GPTQModifier(**layers)]
     oneshot(
         model=model,
         tokenizer=tokenizer,
@@ -63,9 +71,7 @@ def quantize(method: str, src: str, out: Path, calib_texts: list[str], group_siz
 def load(method: str, path: Path):
     import json
 
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype="auto", device_map=accelerator())
+    model = auto_model_class(path).from_pretrained(path, dtype="auto", device_map=accelerator())
     qconfig = json.loads((Path(path) / "config.json").read_text())["quantization_config"]
     add_activation_quant(model, qconfig.get("ignore", []))
     return model

@@ -122,3 +122,18 @@ def greedy_answer(model, tokenizer, prompt: str, *, max_new_tokens: int = 16) ->
     with torch.inference_mode():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     return tokenizer.decode(out[0, ids.input_ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def label_probs(model, tokenizer, prompts: list[str]) -> list[list[float]]:
+    """A classifier's probability for every label, per prompt (each scored on its own, no padding), float32
+    softmax over the score head's logits: what vLLM's /classify returns."""
+    import torch
+
+    device = next(model.parameters()).device
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids.to(device)
+            out.append(torch.softmax(model(input_ids=ids).logits[0].float(), -1).tolist())
+    return out

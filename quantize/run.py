@@ -11,19 +11,12 @@ from pathlib import Path
 from offramp.errors import OfframpError
 from offramp.hardware import accelerator, cpu_has_avx512, model_dtype
 from offramp.paths import atomic_dir
-from offramp.quantize.calib import load_task_text, render, render_prompt
-from offramp.quantize.measure import (
-    dir_bytes,
-    greedy_answer,
-    group_size_for,
-    linear_prefixes,
-    perplexity,
-    size_summary,
-    versions,
-)
-from offramp.quantize.methods import Method
+from offramp.quantize.calib import load_task_text
+from offramp.quantize.checks import LabelCheck, TextCheck, checkpoint_labels
+from offramp.quantize.measure import dir_bytes, group_size_for, linear_prefixes, size_summary, versions
+from offramp.quantize.methods import Method, methods_for
 from offramp.reports import write_report
-from offramp.store import require_causal_lm
+from offramp.store import architectures, auto_model_class, is_sequence_classifier
 
 REPORT = "quantize_report.json"
 ASYM_GPTQ_NOTE = (
@@ -41,13 +34,9 @@ def _quiet() -> None:
     logging.set_verbosity_error()
 
 
-def _evaluate(model, tokenizer, heldout_texts: list[str], prompt: str) -> tuple[float, str]:
-    return perplexity(model, tokenizer, heldout_texts), greedy_answer(model, tokenizer, prompt)
-
-
-def check_checkpoint(src: str) -> None:
+def check_checkpoint(src: str, method: Method) -> None:
     """A local model dir must be a checkpoint quantize can read, checked before any model library loads:
-    config.json a JSON object, and safetensors weights beside it."""
+    config.json a JSON object, safetensors weights beside it, and a head (LM or classifier) the method quantizes."""
     path = Path(src)
     if not path.is_dir():
         return  # a hub id: its files are fetched later
@@ -60,7 +49,25 @@ def check_checkpoint(src: str) -> None:
         raise OfframpError(f"{config}: not a valid model config (a JSON object expected)")
     if not any(path.glob("*.safetensors")):
         raise OfframpError(f"{path}: no weights (*.safetensors) beside config.json; quantize needs a full checkpoint")
-    require_causal_lm(path, "offramp quantize")  # its methods and task-quality checks are the LM head's
+    check_head(path, method)
+
+
+def check_head(path: str | Path, method: Method) -> None:
+    if head_of(path) not in method.heads:
+        raise OfframpError(
+            f"{path} is a sequence-classification checkpoint ({', '.join(architectures(path))}): --method "
+            f"{method.name} quantizes causal LMs only; a classifier takes {', '.join(methods_for('classify'))}"
+        )
+
+
+def head_of(checkpoint: str | Path) -> str:
+    return "classify" if is_sequence_classifier(checkpoint) else "lm"
+
+
+def quality_check(src: str, tokenizer, task, *, max_ppl_ratio: float, min_agreement: float) -> TextCheck | LabelCheck:
+    if head_of(src) == "classify":
+        return LabelCheck(tokenizer, task, checkpoint_labels(src), min_agreement=min_agreement)
+    return TextCheck(tokenizer, task, max_ppl_ratio=max_ppl_ratio)
 
 
 def _check_disk(out: Path, src: str) -> None:
@@ -85,9 +92,10 @@ def quantize_model(
     max_ppl_ratio: float,
     overwrite: bool,
     sym: bool = True,
+    min_agreement: float = 0.9,
 ) -> dict:
     """Run `method` on checkpoint `src` into `out`; returns the written report. Nothing is left at `out` on failure."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     _quiet()
     if out.exists() and not overwrite:
@@ -100,14 +108,13 @@ def quantize_model(
 
         src = snapshot_download(src)
     _check_disk(out, src)
+    check_head(src, method)  # a hub id's config is read only now
     tokenizer = AutoTokenizer.from_pretrained(src)
-    calib_texts = [render(tokenizer, r) for r in task.calib]
-    heldout_texts = [render(tokenizer, r) for r in task.heldout]
-    probe = render_prompt(tokenizer, task.heldout[0])
+    check = quality_check(src, tokenizer, task, max_ppl_ratio=max_ppl_ratio, min_agreement=min_agreement)
     group_size = group_size_for(Path(src))
 
-    base = AutoModelForCausalLM.from_pretrained(src, dtype=model_dtype("quantize"), device_map=accelerator())
-    base_ppl, base_answer = _evaluate(base, tokenizer, heldout_texts, probe)
+    base = auto_model_class(src).from_pretrained(src, dtype=model_dtype("quantize"), device_map=accelerator())
+    base_quality = check.score(base)
     del base
     prefixes = linear_prefixes(Path(src))
     base_sizes = size_summary(Path(src), prefixes)
@@ -115,67 +122,28 @@ def quantize_model(
     try:
         with atomic_dir(out, overwrite=overwrite) as tmp:
             t0 = time.perf_counter()
-            result = impl.quantize(method.name, src, tmp, calib_texts, group_size, sym=sym)
+            result = impl.quantize(method.name, src, tmp, check.calib_texts, group_size, sym=sym)
             quantize_s = time.perf_counter() - t0
             tokenizer.save_pretrained(tmp)
             in_memory = result.pop("in_memory_model", None)
-            in_memory_ppl = perplexity(in_memory, tokenizer, heldout_texts) if in_memory is not None else None
+            in_memory_quality = check.score(in_memory, answer=False) if in_memory is not None else None
             del in_memory
             sizes = size_summary(tmp, prefixes)  # before the report lands in the dir
 
             t1 = time.perf_counter()
             reloaded = impl.load(method.name, tmp)
-            ppl, answer = _evaluate(reloaded, tokenizer, heldout_texts, probe)
+            quality = check.report(check.score(reloaded), base_quality, in_memory_quality)
             del reloaded
-            check = _reload_check(ppl, base_ppl, in_memory_ppl, answer, base_answer, max_ppl_ratio)
-            check["seconds"] = round(time.perf_counter() - t1, 1)
+            quality["reload_check"]["seconds"] = round(time.perf_counter() - t1, 1)
             body = _report_body(method, model_ref, src, out, task, result, quantize_s, sizes, base_sizes)
-            body |= {
-                "perplexity": ppl,
-                "base_perplexity": base_ppl,
-                "perplexity_change_pct": round(100 * (ppl / base_ppl - 1), 2),
-                "greedy_answer": answer,
-                "base_greedy_answer": base_answer,
-                "greedy_matches_base": answer == base_answer,
-                "reload_check": check,
-            }
+            body |= {"head": check.head, **quality}
+            body["heldout"]["text"] = check.heldout_text
             report = write_report(tmp / REPORT, "quantize", body)
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise OfframpError(f"out of disk space writing {out}; nothing was kept") from None
         raise
     return report
-
-
-def _reload_check(
-    ppl: float, base_ppl: float, in_memory_ppl: float | None, answer: str, base_answer: str, max_ratio: float
-) -> dict:
-    """The checkpoint as a user would load it must still be a model: finite, near-base perplexity, a real answer."""
-    import math
-
-    if not math.isfinite(ppl) or ppl > max_ratio * base_ppl:
-        raise OfframpError(
-            f"reload check failed: the saved checkpoint scores perplexity {ppl:.3g} vs {base_ppl:.3g} for the original "
-            f"(limit {max_ratio}x); not writing it"
-        )
-    if in_memory_ppl is not None and abs(ppl / in_memory_ppl - 1) > 0.01:
-        raise OfframpError(
-            f"reload check failed: perplexity {ppl:.4g} after save+reload vs {in_memory_ppl:.4g} in memory: "
-            "the saved checkpoint does not reproduce the quantized model; not writing it"
-        )
-    if base_answer and not answer:
-        raise OfframpError(
-            f"reload check failed: the reloaded checkpoint gives an empty greedy answer (original: {base_answer!r}); "
-            "not writing it"
-        )
-    return {
-        "passed": True,
-        "max_ppl_ratio": max_ratio,
-        "in_memory_perplexity": in_memory_ppl,
-        "what": "reloaded from disk; perplexity finite and within the limit of the original's"
-        + ("; equal to the in-memory quantized model's within 1 %" if in_memory_ppl is not None else "")
-        + "; a non-empty greedy answer where the original gives one",
-    }
 
 
 def _ratio(a: int, b: int) -> float:
@@ -200,7 +168,6 @@ def _report_body(method, model_ref, src, out, task, result, quantize_s, sizes, b
         "heldout": {
             "source": task.heldout_source,
             "samples": len(task.heldout),
-            "text": "chat-templated prompt + answer",
         },
         "quantize_time_s": round(quantize_s, 1),
         # whole checkpoint dir on disk (weights, config, tokenizer; not this report)

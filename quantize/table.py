@@ -19,6 +19,15 @@ def _mb(n: int | None) -> str:
     return f"{n / 1e6:.1f}" if n else "-"
 
 
+def _quality(r: QuantizeReport) -> str:
+    if r.head == "classify":
+        return (
+            f"accuracy {100 * r.base_accuracy:.1f} -> {100 * r.accuracy:.1f} % ({100 * r.label_agreement:.0f} % agree)"
+        )
+    change = 100 * (r.perplexity / r.base_perplexity - 1)
+    return f"perplexity {r.base_perplexity:.2f} -> {r.perplexity:.2f} ({change:+.1f} %)"
+
+
 def comparison_table(paths: list[Path]) -> Table:
     reports = load_reports(paths)
     hw = {r.hardware.get("cpu") or "?" for r in reports}
@@ -28,20 +37,19 @@ def comparison_table(paths: list[Path]) -> Table:
         ("model", "left"),
         ("linear layers MB (x smaller)", "right"),
         ("checkpoint MB (vs orig)", "right"),
-        ("perplexity orig -> quantized", "right"),
+        ("quality orig -> quantized", "right"),
         ("quantize s", "right"),
         ("vLLM-CPU", "left"),
     ]:
         table.add_column(col, justify=just, no_wrap=col == "method")
     for r in reports:
         extra = r.model_extra or {}
-        change = 100 * (r.perplexity / r.base_perplexity - 1)
         table.add_row(
             r.method,
             Path(r.base_model).name,
             f"{_mb(extra.get('linear_bytes'))} ({extra.get('linear_compression', 0):.2f}x)",
             f"{_mb(r.size_bytes)} ({r.size_bytes / r.base_size_bytes:.2f}x)",
-            f"{r.base_perplexity:.2f} -> {r.perplexity:.2f} ({change:+.1f} %)",
+            _quality(r),
             f"{extra.get('quantize_time_s', 0):.0f}",
             "yes" if extra.get("servable_by_vllm_cpu") else "no",
         )

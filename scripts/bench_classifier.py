@@ -99,6 +99,26 @@ def breakeven(bench_dir: Path, out: Path, log: Path, args: argparse.Namespace) -
     }
 
 
+def train_classifier(w: Path, log: Path, max_steps: int | None) -> dict:
+    """The default pipeline's Banking77 data in w/data and the classify recipe's head in w/cls (each step skipped
+    where a kept work dir has its output); returns the finetune report."""
+    if not (w / "data" / "labels.json").is_file():
+        offramp("data", "prepare", "banking77", "--out", str(w / "data"), "--per-label", "20",
+                "--test-per-label", "3", "--seed", "0", "--prompt-style", "short", log=log)  # fmt: skip
+    steps = ["--max-steps", str(max_steps)] if max_steps else []
+    if not (w / "cls" / "finetune_report.json").is_file():
+        offramp("finetune", MODEL, "--data", str(w / "data" / "train.jsonl"), "--head", "classify",
+                "--out", str(w / "cls"), *steps, log=log)  # fmt: skip
+    return json.loads((w / "cls" / "finetune_report.json").read_text())
+
+
+def eval_classifier(url: str, out: Path, log: Path) -> None:
+    """`offramp eval` of a served classifier (its chat face) on the 231-query Banking77 subset, free answers."""
+    offramp("eval", "--task", "banking77", "--limit-per-label", "3", "--seed", "0",
+            "--system", f"classifier={url}/v1+model=classifier+answers=free", "--no-baseline",
+            "--out", str(out), log=log)  # fmt: skip
+
+
 def lm_head_accuracy() -> dict | None:
     if not DEFAULT_RUN.is_file():
         return None
@@ -128,14 +148,7 @@ def main() -> None:
     print(f"work dir {args.work}; log {log}", flush=True)
 
     w = args.work
-    if not (w / "data" / "labels.json").is_file():  # each step is skipped where a kept --work dir has its output
-        offramp("data", "prepare", "banking77", "--out", str(w / "data"), "--per-label", "20",
-                "--test-per-label", "3", "--seed", "0", "--prompt-style", "short", log=log)  # fmt: skip
-    steps = ["--max-steps", str(args.max_steps)] if args.max_steps else []
-    if not (w / "cls" / "finetune_report.json").is_file():
-        offramp("finetune", MODEL, "--data", str(w / "data" / "train.jsonl"), "--head", "classify",
-                "--out", str(w / "cls"), *steps, log=log)  # fmt: skip
-    ft = json.loads((w / "cls" / "finetune_report.json").read_text())
+    ft = train_classifier(w, log, args.max_steps)
 
     labels = str(w / "data" / "labels.json")
     if not (w / "bench-gen" / "bench_report.json").is_file():
@@ -145,9 +158,7 @@ def main() -> None:
     if not (w / "bench-cls" / "bench_report.json").is_file() or not (w / "eval-cls" / "eval_report.json").is_file():
         with served(str(w / "cls" / "merged"), log) as url:
             bench(url, w / "bench-cls", log, args, [], args.classifier_num_prompts)
-            offramp("eval", "--task", "banking77", "--limit-per-label", "3", "--seed", "0",
-                    "--system", f"classifier={url}/v1+model=classifier+answers=free", "--no-baseline",
-                    "--out", str(w / "eval-cls"), log=log)  # fmt: skip
+            eval_classifier(url, w / "eval-cls", log)
     if not (w / "bench-cls-direct" / "bench_report.json").is_file():
         with vllm_alone(w / "cls" / "merged", w / "vllm-alone.log") as url:
             bench(url, w / "bench-cls-direct", log, args, [], args.classifier_num_prompts)

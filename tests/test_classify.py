@@ -74,12 +74,18 @@ def test_classifier_training_moves_the_loss_and_writes_a_seq_cls_checkpoint(clas
 
 
 def reference_probs(merged: Path, prompts: list[str], dtype: str):
-    """transformers' softmax over the labels, one prompt at a time (no padding), in the server's dtype."""
+    """transformers' softmax over the labels, one prompt at a time (no padding), in the server's dtype. A W8A8
+    checkpoint gets its per-token INT8 activations too, which transformers does not apply on load but vLLM runs."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from offramp.quantize.llmc import add_activation_quant
+
     tok = AutoTokenizer.from_pretrained(merged)
     model = AutoModelForSequenceClassification.from_pretrained(merged, dtype=getattr(torch, dtype)).eval()
+    qconfig = json.loads((merged / "config.json").read_text()).get("quantization_config")
+    if qconfig:
+        assert add_activation_quant(model, qconfig["ignore"]) > 0
     out = []
     with torch.no_grad():
         for p in prompts:
@@ -88,17 +94,19 @@ def reference_probs(merged: Path, prompts: list[str], dtype: str):
     return out
 
 
-@pytest.mark.vllm
-def test_vllm_pooling_runner_classifies_like_transformers(classifier: Path, vllm_servers) -> None:
+def served_dtype() -> str:
+    from offramp.hardware import model_dtype
+
+    return "float32" if model_dtype("serve", "cpu") == "float32" else "bfloat16"  # auto: the checkpoint's bf16
+
+
+def assert_served_like_transformers(server, checkpoint: Path, tol_bf16: float, tol_fp32: float) -> None:
     from transformers import AutoTokenizer
 
     from offramp.finetune.classify import prompt_text
-    from offramp.hardware import model_dtype
 
-    merged = classifier / "merged"
-    server = vllm_servers(merged)
     assert "--runner" in server.command() and "pooling" in server.command()
-    tok = AutoTokenizer.from_pretrained(merged)
+    tok = AutoTokenizer.from_pretrained(checkpoint)
     queries = ["card blocked again", "apply for a loan", "send money abroad", "my card is lost"]
     prompts = [prompt_text(tok, chat(q, "?")["messages"]) for q in queries]
     body = {"model": server.model_name, "input": prompts, "add_special_tokens": False}
@@ -106,11 +114,9 @@ def test_vllm_pooling_runner_classifies_like_transformers(classifier: Path, vllm
         r = client.post("/classify", json=body)
     assert r.status_code == 200, r.text
     data = sorted(r.json()["data"], key=lambda d: d["index"])
-    served = "float32" if model_dtype("serve", "cpu") == "float32" else "bfloat16"  # auto: the checkpoint's bf16
-    want = reference_probs(merged, prompts, served)
-    # bf16 keeps 8 mantissa bits (~0.4 % per rounding); vLLM's CPU kernels round in other places than torch's,
-    # which over the tiny model's layers moves 3-way probabilities by up to ~1e-2. fp32 agrees far closer.
-    tol = 3e-2 if served == "bfloat16" else 1e-3
+    served = served_dtype()
+    want = reference_probs(checkpoint, prompts, served)
+    tol = tol_bf16 if served == "bfloat16" else tol_fp32
     for got, ref in zip(data, want, strict=True):
         assert got["num_classes"] == len(LABELS)
         assert got["probs"] == pytest.approx(ref, abs=tol), (got, ref)
@@ -118,6 +124,69 @@ def test_vllm_pooling_runner_classifies_like_transformers(classifier: Path, vllm
         margin = ref[best] - sorted(ref)[-2]
         if margin > 2 * tol:  # a near-tie can flip under rounding; a clear winner must not
             assert got["label"] == LABELS[best], (got, ref)
+
+
+@pytest.mark.vllm
+def test_vllm_pooling_runner_classifies_like_transformers(classifier: Path, vllm_servers) -> None:
+    merged = classifier / "merged"
+    # bf16 keeps 8 mantissa bits (~0.4 % per rounding); vLLM's CPU kernels round in other places than torch's,
+    # which over the tiny model's layers moves 3-way probabilities by up to ~1e-2. fp32 agrees far closer.
+    assert_served_like_transformers(vllm_servers(merged), merged, tol_bf16=3e-2, tol_fp32=1e-3)
+
+
+@pytest.mark.vllm
+def test_w8a8_classifier_keeps_its_labels_and_is_served_like_transformers_runs_it(
+    classifier: Path, tmp_path: Path
+) -> None:
+    """offramp quantize on a classifier: INT8 weights and activations, the label head kept in bf16, checked on the
+    labels it gives (not perplexity); vLLM's pooling runner then serves it with the INT8 kernels."""
+    from offramp.serve.server import VllmServer
+
+    data = write_task(tmp_path / "d", records(), LABELS)
+    out = tmp_path / "w8a8"
+    res = run_cli("quantize", str(classifier / "merged"), "--method", "w8a8-int8-rtn", "--calib", str(data),
+                  "--out", str(out))  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    from offramp.artifacts import load_report
+
+    report = load_report(out / "quantize_report.json", "quantize")
+    extra = report.model_extra
+    assert report.head == "classify" and report.perplexity is None
+    assert report.label_agreement >= 0.9 and extra["reload_check"]["passed"]
+    assert 0 <= report.accuracy <= 1 and extra["heldout"]["samples"] == 6  # the file's tail: 30 records // 5
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"]
+    assert config["id2label"] == {str(i): label for i, label in enumerate(LABELS)}
+    qconfig = config["quantization_config"]
+    assert "score" in qconfig["ignore"] and "lm_head" not in qconfig["ignore"]
+    assert qconfig["config_groups"]["group_0"]["input_activations"]["num_bits"] == 8
+    with VllmServer(out, max_model_len=2048) as server:
+        # INT8 activations are rounded from values that differ by the same bf16 / kernel rounding as above, and a
+        # flipped INT8 step moves a tiny model's probabilities more than one bf16 rounding does.
+        assert_served_like_transformers(server, out, tol_bf16=5e-2, tol_fp32=1e-2)
+
+
+def test_quantize_refuses_what_a_classifier_cannot_take_in_one_line(classifier: Path, tmp_path: Path) -> None:
+    merged, out = classifier / "merged", tmp_path / "q"
+    # held out: the file's last 6 records (31 // 5), the last of them labelled outside the head's three
+    other = str(write_task(tmp_path / "other", [*records(), chat("close my account", "accounts")], LABELS))
+    lm_only = "quantizes causal LMs only; a classifier takes w8a8-int8, w8a8-int8-rtn"
+    cases = {
+        f"--method bnb-nf4 {lm_only}": ("--method", "bnb-nf4"),
+        f"--method gptq-w4a16 {lm_only}": ("--method", "gptq-w4a16"),
+        # the built-in calibration set's held-out labels are Banking77's, not this head's three
+        "test split: record 1 has label '": ("--method", "w8a8-int8-rtn"),
+        "record 6 has label 'accounts', which is not in the classifier's labels (config.json id2label)": (
+            "--method", "w8a8-int8-rtn", "--calib", other),
+        "--min-agreement 1.5: a share between 0 and 1": (
+            "--method", "w8a8-int8-rtn", "--calib", other, "--min-agreement", "1.5"),
+    }  # fmt: skip
+    for message, args in cases.items():
+        res = run_cli("quantize", str(merged), *args, "--out", str(out))
+        assert res.returncode == 1, (args, res.stderr[-2000:])
+        last = res.stderr.strip().splitlines()[-1]
+        assert last.startswith("offramp: error:") and message in last, last
+        assert not out.exists()
 
 
 def test_missing_labels_json_is_one_line(tiny_model: Path, tmp_path: Path) -> None:
@@ -169,11 +238,10 @@ def served_reference(classifier: Path, queries: list[str]) -> tuple[list[list[fl
     from transformers import AutoTokenizer
 
     from offramp.finetune.classify import prompt_text
-    from offramp.hardware import model_dtype
 
     merged = classifier / "merged"
     tok = AutoTokenizer.from_pretrained(merged)
-    served = "float32" if model_dtype("serve", "cpu") == "float32" else "bfloat16"
+    served = served_dtype()
     probs = reference_probs(merged, [prompt_text(tok, chat(q, "?")["messages"]) for q in queries], served)
     return probs, (3e-2 if served == "bfloat16" else 1e-3)
 

@@ -249,14 +249,14 @@ def test_w8a8_rtn_tiny_is_data_free_and_keeps_down_proj(quantized_tiny, tiny_mod
     _reload_and_generate(out)
 
 
-def test_reload_applies_the_activation_quantization_vllm_serves() -> None:
+def test_reload_applies_the_activation_quantization_vllm_serves(tiny_model: Path) -> None:
     """transformers reloads W8A8 without quantizing activations; the reload check adds it, so it scores what vLLM
     runs. Outlier channels (as in SmolLM2's down_proj inputs) are what per-token INT8 loses."""
     import torch
 
-    from offramp.quantize.llmc import SCHEME, _ignored, add_activation_quant
+    from offramp.quantize.llmc import _ignored, add_activation_quant, scheme
 
-    ignore = SCHEME["ignore"]
+    ignore = scheme(tiny_model)["ignore"]
     assert _ignored("model.layers.3.mlp.down_proj", ignore) and _ignored("lm_head", ignore)
     assert not _ignored("model.layers.3.mlp.up_proj", ignore)
     torch.manual_seed(0)
