@@ -33,6 +33,12 @@ def cpu_flags() -> frozenset[str] | None:
     return None if info is None else frozenset(info.get("flags", "").split())
 
 
+def simd_flags() -> list[str] | None:
+    """The vector-unit flags that change how fast (and whether) CPU kernels run: AVX2 / AVX-512 / AMX / SSE4."""
+    flags = cpu_flags()
+    return sorted(f for f in flags if f.startswith(("avx", "amx", "sse4"))) if flags is not None else None
+
+
 def cpu_cores() -> int:
     """The cores this process may run on (its affinity mask: a container's or taskset's share, not the host's)."""
     if hasattr(os, "sched_getaffinity"):
@@ -68,6 +74,7 @@ def hardware_info() -> dict[str, Any]:
     gpus = _gpus()
     return {
         "cpu": _cpu_model(),
+        "cpu_flags": simd_flags(),  # machines vary (AVX2-only vs AVX-512 + AMX): every figure carries them
         "cpu_cores": cpu_cores(),
         "memory_gib": mem_gib,
         "gpus": gpus,

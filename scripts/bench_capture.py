@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from offramp.hardware import cpu_flags, hardware_info
+from offramp.hardware import hardware_info, simd_flags
 from offramp.paths import write_json
 from offramp.reports import now_iso
 from offramp.serve.server import free_port
@@ -171,12 +171,11 @@ def main() -> None:
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="offramp-bench-capture-", dir=os.environ.get("BENCH_DIR")))
     m = measure(a.calls, a.warmup, work)
-    flags = cpu_flags()
     result = {
         "benchmark": "capture-overhead",
         "created_at": now_iso(),
         "hardware": hardware_info(),
-        "cpu_flags": sorted(f for f in flags if f.startswith(("avx", "amx", "sse4"))) if flags else None,
+        "cpu_flags": simd_flags(),
         "store": {"kind": "sqlite", "journal_mode": "WAL", "synchronous": "FULL", "dir": str(work)},
         "calls": a.calls,
         "warmup_pairs": a.warmup,

@@ -1,7 +1,7 @@
 """Quantize one model with several methods and collect the size / perplexity numbers the README quotes.
 
     python scripts/quantize_measure.py [--model smollm2-135m-instruct] [--methods bnb-int8,bnb-nf4,gptq-w4a16]
-        [--out runs/quantize-measure] [--calib banking77]
+        [--out runs/quantize-measure] [--calib banking77] [--summary quantize/results/FILE.json]
 
 Each method runs through `offramp quantize` (in its own env, with its reload check); the summary JSON lists, per
 method, linear-layer and whole-checkpoint size vs the original, perplexity change and time, with the hardware.
@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--calib", default="banking77")
     ap.add_argument("--out", type=Path, default=Path("runs/quantize-measure"))
     ap.add_argument("--reuse", action="store_true", help="keep checkpoints already quantized under --out")
+    ap.add_argument("--summary", type=Path, default=None, help="the JSON (default: OUT/quantize_measure.json)")
     args = ap.parse_args()
 
     rows = []
@@ -70,8 +71,9 @@ def main() -> None:
         "model": args.model,
         "results": rows,
     }
-    write_json(args.out / "quantize_measure.json", summary)
-    print(args.out / "quantize_measure.json")
+    path = args.summary or args.out / "quantize_measure.json"
+    write_json(path, summary)
+    print(path)
 
 
 if __name__ == "__main__":
