@@ -1,7 +1,8 @@
 """Quantize one model with several methods and collect the size / perplexity numbers the README quotes.
 
-    python scripts/quantize_measure.py [--model smollm2-135m-instruct] [--methods bnb-int8,bnb-nf4,gptq-w4a16]
-        [--out runs/quantize-measure] [--calib banking77] [--summary quantize/results/FILE.json]
+    python scripts/quantize_measure.py [--model smollm2-135m-instruct]
+        [--methods bnb-int8,bnb-nf4,gptq-w4a16,gptq-w4a16:no-sym] [--out runs/quantize-measure]
+        [--calib banking77] [--summary quantize/results/FILE.json]
 
 Each method runs through `offramp quantize` (in its own env, with its reload check); the summary JSON lists, per
 method, linear-layer and whole-checkpoint size vs the original, perplexity change and time, with the hardware.
@@ -24,7 +25,7 @@ from offramp.reports import now_iso
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--methods", default="bnb-int8,bnb-nf4,gptq-w4a16")
+    ap.add_argument("--methods", default="bnb-int8,bnb-nf4,gptq-w4a16,gptq-w4a16:no-sym")
     ap.add_argument("--calib", default="banking77")
     ap.add_argument("--out", type=Path, default=Path("runs/quantize-measure"))
     ap.add_argument("--reuse", action="store_true", help="keep checkpoints already quantized under --out")
@@ -32,20 +33,21 @@ def main() -> None:
     args = ap.parse_args()
 
     rows = []
-    for method in args.methods.split(","):
-        ckpt = args.out / f"{Path(args.model).name}-{method}"
+    for spec in args.methods.split(","):
+        method, _, variant = spec.partition(":")  # gptq-w4a16:no-sym: asymmetric GPTQ (zero points)
+        ckpt = args.out / f"{Path(args.model).name}-{method}{'-' + variant if variant else ''}"
         if not (args.reuse and (ckpt / "quantize_report.json").is_file()):
             cmd = [sys.executable, "-m", "offramp", "quantize", args.model, "--method", method]
-            cmd += ["--calib", args.calib, "--out", str(ckpt), "--overwrite"]
+            cmd += ["--calib", args.calib, "--out", str(ckpt), "--overwrite"] + ([f"--{variant}"] if variant else [])
             proc = subprocess.run(cmd)
             if proc.returncode != 0:
-                rows.append({"method": method, "failed": f"exit {proc.returncode}"})
+                rows.append({"method": spec, "failed": f"exit {proc.returncode}"})
                 continue
         r = load_report(ckpt / "quantize_report.json", "quantize")
         x = r.model_extra
         rows.append(
             {
-                "method": r.method,
+                "method": spec,
                 "library_versions": x["library_versions"],
                 "linear_bytes": x["linear_bytes"],
                 "base_linear_bytes": x["base_linear_bytes"],
