@@ -96,11 +96,17 @@ def build_examples(tokenizer: Any, records: list[dict], max_len: int, source: st
 
 
 class PadCollator:
-    """Right-pads a batch to its longest sequence: pad ids are masked out of attention and of the loss."""
+    """Right-pads a batch to its longest sequence: pad ids are masked out of attention and of the loss.
 
-    def __init__(self, pad_token_id: int, multiple_of: int = 1) -> None:
+    With answer_logits_only, the batch also names the positions whose next token is an answer token
+    (`logits_to_keep`) and those targets (`shift_labels`, transformers' causal-LM loss takes them as they are): the
+    model runs its LM head there alone. The loss is the same; a vocabulary-wide matmul and softmax at every prompt
+    token, about a fifth of a 135M model's FLOPs on short answers, is not computed."""
+
+    def __init__(self, pad_token_id: int, multiple_of: int = 1, answer_logits_only: bool = False) -> None:
         self.pad_token_id = pad_token_id
         self.multiple_of = multiple_of
+        self.answer_logits_only = answer_logits_only
 
     def __call__(self, batch: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
@@ -113,8 +119,14 @@ class PadCollator:
             ids.append(ex["input_ids"] + [self.pad_token_id] * pad)
             labels.append(ex["labels"] + [IGNORE] * pad)
             mask.append([1] * len(ex["input_ids"]) + [0] * pad)
-        return {
+        batch = {
             "input_ids": torch.tensor(ids, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
             "attention_mask": torch.tensor(mask, dtype=torch.long),
         }
+        if self.answer_logits_only:
+            shifted = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)  # position t predicts t+1
+            keep = shifted.ne(IGNORE).any(0).nonzero().squeeze(1)
+            batch["logits_to_keep"] = keep
+            batch["shift_labels"] = shifted[:, keep].contiguous()
+        return batch

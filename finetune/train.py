@@ -111,6 +111,17 @@ def _load_model(inputs: RunInputs, accelerator: str) -> Any:
     return get_peft_model(model, config)
 
 
+def takes_logits_to_keep(model_path: str) -> bool:
+    """Whether the checkpoint's causal-LM class computes its LM head only at given positions (transformers' own
+    models do; a remote-code one may not)."""
+    import inspect
+
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig
+
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(AutoConfig.from_pretrained(model_path)), None)
+    return model_class is not None and "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
 def linear_module_names(model: Any) -> list[str]:
     """Short names of every linear layer but the output head (q_proj, …, down_proj).
 
@@ -213,7 +224,10 @@ def run_finetune(inputs: RunInputs, accelerator: str, extra_callbacks: list | No
     if r.method == "qlora":
         check_4bit_training("cuda" if accelerator == "cuda" else "cpu")
 
-    collator = PadCollator(tokenizer.pad_token_id, multiple_of=8 if accelerator == "cuda" else 1)
+    collator = PadCollator(
+        tokenizer.pad_token_id, multiple_of=8 if accelerator == "cuda" else 1,
+        answer_logits_only=takes_logits_to_keep(inputs.model_path),
+    )  # fmt: skip
     done = train_and_report(inputs, accelerator, lambda: _load_model(inputs, accelerator), collator, train, evals,
                             extra_callbacks)  # fmt: skip
     if done is None:

@@ -94,6 +94,38 @@ def test_pad_collator_masks_padding(tokenizer) -> None:
     assert batch["attention_mask"][1].all()
 
 
+def test_answer_only_logits_give_the_full_loss_and_its_gradients(tiny_model: Path, tokenizer) -> None:
+    """The LM head run only where the next token is an answer token: the same loss and LoRA gradients as over
+    every position, from a fraction of the positions."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from offramp.finetune.dataset import PadCollator, tokenize_chat
+    from offramp.finetune.train import takes_logits_to_keep
+
+    assert takes_logits_to_keep(str(tiny_model))
+    examples = [tokenize_chat(tokenizer, chat(q, LABELS[i % len(LABELS)])["messages"]) for i, q in enumerate(QUERIES)]
+    full = PadCollator(tokenizer.pad_token_id)(examples)
+    sliced = PadCollator(tokenizer.pad_token_id, answer_logits_only=True)(examples)
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    n_items = full["labels"][:, 1:].ne(-100).sum()  # how the Trainer normalises (num_items_in_batch)
+    results = []
+    for batch in (full, sliced):
+        model.zero_grad()
+        out = model(**batch, num_items_in_batch=n_items)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        results.append((out.loss.item(), grads, out.logits.shape))
+    (loss_full, grads_full, shape_full), (loss_sliced, grads_sliced, shape_sliced) = results
+    assert shape_sliced[1] < shape_full[1] / 2, (shape_sliced, shape_full)  # the prompt positions were skipped
+    assert loss_sliced == pytest.approx(loss_full, rel=1e-5)
+    for a, b in zip(grads_full, grads_sliced, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
 def test_all_records_too_long_is_an_error(tokenizer) -> None:
     from offramp.finetune.dataset import build_examples
 
