@@ -13,6 +13,14 @@ import sys
 from pathlib import Path
 
 
+def stage_hardware(run_dir: Path) -> dict | None:
+    """The machine in full (CPU flags, memory, platform) from the run's finetune report; report.json names it in
+    words only."""
+    for path in sorted(run_dir.glob("finetune-*/**/finetune_report.json")):
+        return json.loads(path.read_text())["hardware"]
+    return None
+
+
 def summarise(run_dir: Path) -> dict:
     report = json.loads((run_dir / "report.json").read_text())
     ev, be = report.get("eval") or {}, report.get("breakeven") or {}
@@ -20,6 +28,7 @@ def summarise(run_dir: Path) -> dict:
         "source": f"measured: offramp run, {run_dir}",
         "created_at": report["created_at"],
         "hardware": report["hardware"],
+        "hardware_info": stage_hardware(run_dir),
         "config": report["config"]["name"],
         "verdict": report["verdict"],
         "stage_seconds": {s["name"]: s["seconds"] for s in report["stages"]},
