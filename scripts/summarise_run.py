@@ -21,6 +21,27 @@ def stage_hardware(run_dir: Path) -> dict | None:
     return None
 
 
+def bench_points(run_dir: Path) -> dict[str, list[dict]]:
+    """Each benchmarked model's load levels (requests/s, p99 latencies, SLO met); report.json keeps only the
+    level each candidate is priced at."""
+    points = {}
+    for path in sorted(run_dir.glob("bench-*/**/bench_report.json")):
+        bench = json.loads(path.read_text())
+        points[bench["model"]] = [
+            {
+                "concurrency": p["concurrency"],
+                "requests_per_s": p["requests_per_s"],
+                "p99_ttft_ms": p["ttft_ms"]["p99"] if p.get("ttft_ms") else None,
+                "p99_tpot_ms": p["tpot_ms"]["p99"] if p.get("tpot_ms") else None,
+                "p99_e2el_ms": p["e2el_ms"]["p99"] if p.get("e2el_ms") else None,
+                "meets_slo": p["meets_slo"],
+                "slo": bench["slo"],
+            }
+            for p in bench["points"]
+        ]
+    return points
+
+
 def summarise(run_dir: Path) -> dict:
     report = json.loads((run_dir / "report.json").read_text())
     ev, be = report.get("eval") or {}, report.get("breakeven") or {}
@@ -43,7 +64,8 @@ def summarise(run_dir: Path) -> dict:
         "break_even": be.get("break_even"),
         "assumptions": be.get("assumptions"),
         "cascade": {k: (report.get("cascade") or {}).get(k) for k in ("escalation_share", "on_test", "all_api_test")},
-        "candidates": report.get("candidates"),  # the LM head and the classifier head side by side
+        "candidates": report.get("candidates"),
+        "bench_points": bench_points(run_dir),  # the LM head and the classifier head side by side
         "classifier_quality": {
             s["name"]: {"source": s["source"], "mode": s.get("mode"), "accuracy": s["accuracy"]}
             for s in ((report.get("classifier") or {}).get("eval") or {}).get("systems", [])
