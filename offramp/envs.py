@@ -156,8 +156,15 @@ def reexec_in(name: str, argv: list[str] | None = None) -> NoReturn:
     terminating signal sent to this process is passed on to it: `kill` on the command a user started stops the
     vLLM server or the trainer it runs, instead of leaving them running with no parent.
     """
-    python = ensure_env(name)
-    cmd = [str(python), "-m", "offramp", *(sys.argv[1:] if argv is None else argv)]
+    _run_forwarding([str(ensure_env(name)), "-m", "offramp", *(sys.argv[1:] if argv is None else argv)])
+
+
+def rerun_script_in(name: str) -> NoReturn:
+    """Run this same script (sys.argv) again inside stage env `name`, as reexec_in runs an offramp command."""
+    _run_forwarding([str(ensure_env(name)), *sys.argv])
+
+
+def _run_forwarding(cmd: list[str]) -> NoReturn:
     proc = subprocess.Popen(cmd, process_group=0)
 
     def forward(signum: int, _frame: object) -> None:

@@ -112,21 +112,24 @@ def run(
         sym=sym,
         min_agreement=min_agreement,
     )
+    Console(stderr=True).print(
+        f"[green]wrote[/] {out}: linear layers {report['linear_compression']}x smaller, checkpoint "
+        f"{report['size_ratio']}x of the original, {_quality_change(report)}, {report['quantize_time_s']} s"
+    )
+    print(out)
+
+
+def _quality_change(report: dict) -> str:
+    """The reload check's figures in words: labels for a classifier head, perplexity for an LM head."""
     if report["head"] == "classify":
-        quality = (
+        return (
             f"accuracy {100 * report['base_accuracy']:.1f} -> {100 * report['accuracy']:.1f} %, the original's label "
             f"on {100 * report['label_agreement']:.1f} % of held-out prompts"
         )
-    else:
-        quality = (
-            f"perplexity {report['base_perplexity']:.3f} -> {report['perplexity']:.3f} "
-            f"({report['perplexity_change_pct']:+.1f} %)"
-        )
-    Console(stderr=True).print(
-        f"[green]wrote[/] {out}: linear layers {report['linear_compression']}x smaller, checkpoint "
-        f"{report['size_ratio']}x of the original, {quality}, {report['quantize_time_s']} s"
+    return (
+        f"perplexity {report['base_perplexity']:.3f} -> {report['perplexity']:.3f} "
+        f"({report['perplexity_change_pct']:+.1f} %)"
     )
-    print(out)
 
 
 @quantize_app.command("emulate")

@@ -128,6 +128,30 @@ def lm_head_accuracy() -> dict | None:
     return {"accuracy": tuned["accuracy"], "mode": tuned["mode"], "hardware": run["hardware"], "source": where}
 
 
+def run_steps(args: argparse.Namespace, log: Path) -> tuple[dict, dict, dict, dict, dict]:
+    """Train, bench both heads and vLLM alone, eval the classifier; each step skipped when its report is in --work.
+    Returns the finetune, generation bench, classifier bench, vLLM-alone bench and classifier eval reports."""
+    w = args.work
+    ft = train_classifier(w, log, args.max_steps)
+
+    labels = str(w / "data" / "labels.json")
+    if not (w / "bench-gen" / "bench_report.json").is_file():
+        with served(MODEL, log) as url:
+            bench(url, w / "bench-gen", log, args, ["--structured-choice", labels], args.num_prompts)
+    gen = json.loads((w / "bench-gen" / "bench_report.json").read_text())
+    if not (w / "bench-cls" / "bench_report.json").is_file() or not (w / "eval-cls" / "eval_report.json").is_file():
+        with served(str(w / "cls" / "merged"), log) as url:
+            bench(url, w / "bench-cls", log, args, [], args.classifier_num_prompts)
+            eval_classifier(url, w / "eval-cls", log)
+    if not (w / "bench-cls-direct" / "bench_report.json").is_file():
+        with vllm_alone(w / "cls" / "merged", w / "vllm-alone.log") as url:
+            bench(url, w / "bench-cls-direct", log, args, [], args.classifier_num_prompts)
+    cls = json.loads((w / "bench-cls" / "bench_report.json").read_text())
+    direct = json.loads((w / "bench-cls-direct" / "bench_report.json").read_text())
+    ev = json.loads((w / "eval-cls" / "eval_report.json").read_text())
+    return ft, gen, cls, direct, ev
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "serve" / "results" / "classifier_vs_generation.json")
@@ -147,24 +171,7 @@ def main() -> None:
     log = args.work / "bench_classifier.log"
     print(f"work dir {args.work}; log {log}", flush=True)
 
-    w = args.work
-    ft = train_classifier(w, log, args.max_steps)
-
-    labels = str(w / "data" / "labels.json")
-    if not (w / "bench-gen" / "bench_report.json").is_file():
-        with served(MODEL, log) as url:
-            bench(url, w / "bench-gen", log, args, ["--structured-choice", labels], args.num_prompts)
-    gen = json.loads((w / "bench-gen" / "bench_report.json").read_text())
-    if not (w / "bench-cls" / "bench_report.json").is_file() or not (w / "eval-cls" / "eval_report.json").is_file():
-        with served(str(w / "cls" / "merged"), log) as url:
-            bench(url, w / "bench-cls", log, args, [], args.classifier_num_prompts)
-            eval_classifier(url, w / "eval-cls", log)
-    if not (w / "bench-cls-direct" / "bench_report.json").is_file():
-        with vllm_alone(w / "cls" / "merged", w / "vllm-alone.log") as url:
-            bench(url, w / "bench-cls-direct", log, args, [], args.classifier_num_prompts)
-    cls = json.loads((w / "bench-cls" / "bench_report.json").read_text())
-    direct = json.loads((w / "bench-cls-direct" / "bench_report.json").read_text())
-    ev = json.loads((w / "eval-cls" / "eval_report.json").read_text())
+    ft, gen, cls, direct, ev = run_steps(args, log)
     system = next(s for s in ev["systems"] if s["name"] == "classifier")
 
     gen_points, cls_points, direct_points = points(gen), points(cls), points(direct)

@@ -13,7 +13,6 @@ so both see the same box load. Their losses must agree step by step.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -87,9 +86,9 @@ def main() -> None:
     try:
         import peft  # noqa: F401
     except ImportError:  # the core env: run this script again in the runtime env
-        from offramp.envs import ensure_env
+        from offramp.envs import rerun_script_in
 
-        sys.exit(subprocess.call([str(ensure_env("runtime")), *sys.argv]))
+        rerun_script_in("runtime")
     from offramp.hardware import hardware_info
     from offramp.paths import write_json
     from offramp.reports import now_iso

@@ -352,13 +352,11 @@ class Cascade:
         """vLLM's /classify (every label's probability) and /pooling (what `vllm bench serve` drives) passed
         through under the router's key, so a benchmark of this endpoint counts the router's hop too."""
         cfg = self.cfg
-        try:
-            body = await request.json()
-        except ValueError:
-            return _error("the body must be JSON", 400, "invalid_request_error")
+        body = await request.body()  # passed on as it came: vLLM validates it (and a parse here costs the hop CPU)
         url = f"{cfg.local_root}{request.url.path}"
+        headers = {**cfg.local_headers(), "content-type": "application/json"}
         try:
-            r = await self.clients["local"].post(url, json=body, headers=cfg.local_headers())
+            r = await self.clients["local"].post(url, content=body, headers=headers)
         except httpx.HTTPError as e:
             return _error(f"offramp: local classifier unreachable ({type(e).__name__})", 502)
         return Response(r.content, status_code=r.status_code, media_type="application/json")
