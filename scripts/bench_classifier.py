@@ -168,6 +168,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="keep the intermediate artifacts here")
     args = ap.parse_args()
     args.work = args.work or Path(tempfile.mkdtemp(prefix="offramp-cls-"))
+    args.work.mkdir(parents=True, exist_ok=True)
     log = args.work / "bench_classifier.log"
     print(f"work dir {args.work}; log {log}", flush=True)
 
