@@ -159,9 +159,13 @@ def reexec_in(name: str, argv: list[str] | None = None) -> NoReturn:
     _run_forwarding([str(ensure_env(name)), "-m", "offramp", *(sys.argv[1:] if argv is None else argv)])
 
 
-def rerun_script_in(name: str) -> NoReturn:
-    """Run this same script (sys.argv) again inside stage env `name`, as reexec_in runs an offramp command."""
-    _run_forwarding([str(ensure_env(name)), *sys.argv])
+def script_needs(module: str, name: str) -> None:
+    """Return if `module` imports here; otherwise run this same script (sys.argv) again inside stage env `name`,
+    as reexec_in runs an offramp command (a benchmark started from the core env)."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        _run_forwarding([str(ensure_env(name)), *sys.argv])
 
 
 def _run_forwarding(cmd: list[str]) -> NoReturn:

@@ -60,12 +60,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "finetune" / "results" / "train_dtype_cpu.json")
     a = ap.parse_args()
-    try:
-        import peft  # noqa: F401
-    except ImportError:  # the core env: run this script again in the runtime env
-        from offramp.envs import rerun_script_in
+    from offramp.envs import script_needs
 
-        rerun_script_in("runtime")
+    script_needs("peft", "runtime")  # from the core env: this script again in the runtime env
     from offramp.hardware import cpu_flags, hardware_info
     from offramp.paths import write_json
     from offramp.reports import now_iso
