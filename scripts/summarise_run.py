@@ -64,8 +64,8 @@ def summarise(run_dir: Path) -> dict:
         "break_even": be.get("break_even"),
         "assumptions": be.get("assumptions"),
         "cascade": {k: (report.get("cascade") or {}).get(k) for k in ("escalation_share", "on_test", "all_api_test")},
-        "candidates": report.get("candidates"),
-        "bench_points": bench_points(run_dir),  # the LM head and the classifier head side by side
+        "candidates": report.get("candidates"),  # the LM head and the classifier head side by side
+        "bench_points": bench_points(run_dir),
         "classifier_quality": {
             s["name"]: {"source": s["source"], "mode": s.get("mode"), "accuracy": s["accuracy"]}
             for s in ((report.get("classifier") or {}).get("eval") or {}).get("systems", [])
