@@ -102,4 +102,5 @@ def cost_per_million(point: dict, price: dict, *, utilisation: float, split: str
 
 
 def _round(v: float | None) -> float | None:
-    return round(v, 6) if v is not None else None
+    # Significant figures, not decimals: a busy host's $ per 1M tokens can be $0.0049, where 6 decimals keep only 4.
+    return float(f"{v:.6g}") if v is not None else None

@@ -181,6 +181,9 @@ def test_cost_per_million_follows_the_stated_rules() -> None:
     assert c["fully_utilised_floor"]["input"] == pytest.approx(0.001 * 0.25 / 1000 * 1e6)
     assert c["fully_utilised_floor"]["output"] == pytest.approx(0.001 * 0.75 / 100 * 1e6)
     assert c["at_utilisation"]["output"] == pytest.approx(2 * c["fully_utilised_floor"]["output"])
+    fast = cost_per_million({**point, "input_tokens_per_s": 7_654_321.0}, price, utilisation=0.5)
+    # $0.0000327 per 1M input tokens: the report's rounding must keep its digits, not just 6 decimals
+    assert fast["fully_utilised_floor"]["input"] == pytest.approx(0.001 * 0.25 / 7_654_321.0 * 1e6, rel=1e-5)
     r = cost_per_million(point, price, utilisation=1.0, split="ratio:4")
     assert r["input_cost_share"] == pytest.approx(1000 / (1000 + 4 * 100))
 
