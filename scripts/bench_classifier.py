@@ -28,7 +28,7 @@ from pathlib import Path
 from offramp.hardware import hardware_info
 from offramp.paths import write_json
 from offramp.reports import now_iso
-from offramp.serve.server import free_port, stop_group, wait_until_healthy
+from offramp.serve.server import free_port, spawn_group, stop_group, wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -49,8 +49,7 @@ def served(target: str, log: Path):
     """`offramp serve TARGET` on a free loopback port until the block ends; yields its base URL."""
     port = free_port()
     with open(log, "a") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "offramp", "serve", target, "--port", str(port)],
-                                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = spawn_group([sys.executable, "-m", "offramp", "serve", target, "--port", str(port)], stdout=f)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(proc, url, 900, f"offramp serve {target}", lambda: f"see {log}")

@@ -32,7 +32,7 @@ from offramp.hardware import hardware_info
 from offramp.paths import write_json
 from offramp.reports import now_iso
 from offramp.serve.bench import delta, hit_rate
-from offramp.serve.server import VllmServer, die_with_parent, free_port, stop_group, wait_until_healthy
+from offramp.serve.server import VllmServer, free_port, spawn_group, stop_group, wait_until_healthy
 from offramp.store import resolve_model
 
 RANDOM_ARGS = ["--dataset-name", "random", "--random-input-len", "256", "--random-output-len", "64"]
@@ -87,14 +87,7 @@ def raw_server(model: str, name: str, work: Path, env_extra: dict[str, str] | No
     spec = VllmServer(model, port=free_port(), served_model_name=name, max_model_len=2048, **kw)
     env = {**spec.environment(), **(env_extra or {})}
     log = open(work / f"raw-{spec.port}.log", "wb")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen(
-        spec.command(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-        preexec_fn=die_with_parent,
-    )
+    proc = spawn_group(spec.command(), stdout=log, env=env)
     startup = wait_health(spec.base_url, proc)
     return proc, spec.base_url, startup, spec.command()
 
@@ -103,9 +96,7 @@ def offramp_serve(ref: str, name: str, work: Path):
     port = free_port()
     cmd = [sys.executable, "-m", "offramp", "serve", ref, "--port", str(port), "--name", name]
     cmd += ["--max-model-len", "2048", "--log", str(work / f"offramp-{port}.log")]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent
-    )
+    proc = spawn_group(cmd, stdout=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     return proc, base, wait_health(base, proc), cmd
 

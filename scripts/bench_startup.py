@@ -22,7 +22,7 @@ from pathlib import Path
 from offramp.hardware import hardware_info
 from offramp.paths import write_json
 from offramp.reports import now_iso
-from offramp.serve.server import free_port, stop_group, wait_until_healthy
+from offramp.serve.server import free_port, spawn_group, stop_group, wait_until_healthy
 from offramp.store import resolve_model
 from offramp.tiny import build_tiny_llama
 
@@ -49,8 +49,7 @@ def time_serve(model: Path, compiled: bool, empty: Path) -> float:
     port = free_port()
     t0 = time.monotonic()
     cmd = [sys.executable, "-m", "offramp", "serve", str(model), "--port", str(port), "--max-model-len", "1024"]
-    proc = subprocess.Popen(cmd, env=env(compiled, empty), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    proc = spawn_group(cmd, stdout=subprocess.DEVNULL, env=env(compiled, empty))
     try:
         wait_until_healthy(proc, f"http://127.0.0.1:{port}", 900, "offramp serve", lambda: "")
         return round(time.monotonic() - t0, 1)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import httpx
 
@@ -182,6 +183,12 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def spawn_group(cmd: list[str], *, stdout: IO | int, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A server process in its own group (stop it with `stop_group`), no stdin, SIGTERM'd if we die first."""
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True, preexec_fn=die_with_parent)  # fmt: skip
+
+
 class VllmServer:
     """vLLM's OpenAI-compatible server as a context manager: started, healthy, then stopped with its workers.
 
@@ -339,15 +346,7 @@ class VllmServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.environment(),
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
+            self.proc = spawn_group(self.command(), stdout=log, env=self.environment())
         try:
             self._wait_healthy()
         except BaseException:

@@ -192,7 +192,7 @@ def _quantize_outcome(root, method: str, servable: bool) -> dict:
 def _quantize_stage_dir(tmp_path, monkeypatch):
     from offramp.pipeline import stages
 
-    monkeypatch.setattr(stages, "has_cuda", lambda: False)
+    monkeypatch.setenv("OFFRAMP_ACCELERATOR", "cpu")
     q = tmp_path / "quantize"
     outcomes = [
         _quantize_outcome(q, "w8a8-int8-rtn", True),

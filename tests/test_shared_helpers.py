@@ -226,6 +226,30 @@ def test_stop_group_ends_every_process_of_the_group_even_one_that_ignores_sigter
     assert live_group_members(proc.pid) == [] and proc.returncode is not None
 
 
+def test_a_spawned_server_dies_with_the_process_that_spawned_it():
+    """A pipeline killed with SIGKILL runs no cleanup: its servers must not stay behind holding ports and cores."""
+    code = (
+        "import subprocess, sys; from offramp.serve.server import spawn_group; "
+        "print(spawn_group(['sleep', '60'], stdout=subprocess.DEVNULL).pid, flush=True); sys.stdin.read()"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    assert os.getpgid(child) == child and psutil.Process(child).is_running()  # its own group, for stop_group
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while not _ended(child):
+        assert time.monotonic() < deadline, "the spawned server outlived its parent"
+        time.sleep(0.05)
+
+
+def _ended(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_wait_until_healthy_names_a_server_that_exits_with_its_log(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "import sys; print('bind failed'); sys.exit(3)"])
     with pytest.raises(OfframpError, match="offramp serve base exited with code 3 while starting; tail: bind failed"):

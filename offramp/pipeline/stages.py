@@ -23,13 +23,13 @@ from offramp.cost.prices import Catalogue, load_catalogue
 from offramp.data import BUILTIN, task_name
 from offramp.errors import OfframpError
 from offramp.expressions import parse_gate
-from offramp.hardware import has_cuda
+from offramp.hardware import accelerator
 from offramp.paths import read_json, write_json
 from offramp.pipeline.config import PipelineConfig
 from offramp.pipeline.inputs import ConfigView, Inputs
 from offramp.pipeline.runner import Stage, StageFailed, console, offramp_cmd
 from offramp.providers import KEY_ENV  # a missing key switches a baseline to its fallback
-from offramp.serve.server import free_port, log_tail, stop_group, wait_until_healthy
+from offramp.serve.server import free_port, log_tail, spawn_group, stop_group, wait_until_healthy
 from offramp.store import KNOWN, resolve_model
 from offramp.traffic.dataset import is_traffic, parse_source
 
@@ -232,12 +232,7 @@ def served_all(i: Inputs, w: Path, up: Up, checkpoints: dict[str, str], *, base:
             args = [target[0], "--name", name, "--port", str(port), *target[1:], *i.config.serve.args]
             console.print(f"  [dim]$ offramp serve {' '.join(args)}[/]")
             with open(_log(w), "a") as server_log:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "offramp", "serve", *args],
-                    stdout=server_log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+                proc = spawn_group([sys.executable, "-m", "offramp", "serve", *args], stdout=server_log)
             procs[name] = (proc, port)
         for name, (proc, port) in procs.items():
             wait_until_healthy(proc, f"http://127.0.0.1:{port}", 600, f"offramp serve {name}", partial(_tail, _log(w)))
@@ -536,7 +531,7 @@ def quantized_systems(quantize_dir: Path | None, candidate: str) -> list[dict]:
         entry = {"method": m["method"], "system": f"{candidate}-{m['method']}", "evaluated": False, **m}
         if m["status"] == "done":
             report = json.loads((Path(m["checkpoint"]) / "quantize_report.json").read_text())
-            if report.get("servable_by_vllm_cpu_here") or has_cuda():
+            if report.get("servable_by_vllm_cpu_here") or accelerator() == "cuda":
                 entry["evaluated"] = True
             else:
                 entry["note"] = f"vLLM cannot serve {m['method']} on this host ({report.get('vllm_cpu_note')})"
