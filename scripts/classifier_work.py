@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from offramp.paths import read_json, write_json
-from offramp.store import model_dir
+from offramp.store import resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ROOT / "serve" / "results" / "classifier_vs_generation.json"
@@ -57,7 +57,7 @@ def generation_flops(cfg: dict, prompt_tokens: float, output_tokens: float) -> f
 
 def main() -> None:
     measured = read_json(MEASURED)
-    cfg = read_json(model_dir(MODEL) / "config.json")
+    cfg = read_json(Path(resolve_model(MODEL)) / "config.json")  # one error line if not pulled
     prompt = measured["workload"]["prompt_tokens_mean"]
     cls_flops = classifier_flops(cfg, prompt)
     levels = []
