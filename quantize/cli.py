@@ -9,7 +9,9 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-METHOD_NAMES = "bnb-nf4, bnb-int8, gptq-w4a16, w8a8-int8, w8a8-int8-rtn"
+from offramp.artifacts import QUANTIZE_METHODS
+
+METHOD_NAMES = ", ".join(QUANTIZE_METHODS)
 
 
 def _is_run(args: list[str], commands: Iterable[str]) -> bool:

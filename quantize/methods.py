@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from offramp.artifacts import QuantizeMethod
 from offramp.errors import OfframpError
 
 
@@ -24,7 +25,7 @@ class Quantizer(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class Method:
-    name: str
+    name: QuantizeMethod
     env: str  # the offramp stage env it runs in (offramp.envs.ENVS)
     library: str  # distribution whose version the report records
     bits: int

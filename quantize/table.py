@@ -7,8 +7,7 @@ from pathlib import Path
 from rich.table import Table
 
 from offramp.artifacts import QuantizeReport, load_report
-
-REPORT = "quantize_report.json"
+from offramp.quantize.run import REPORT
 
 
 def load_reports(paths: list[Path]) -> list[QuantizeReport]:
@@ -24,8 +23,7 @@ def _quality(r: QuantizeReport) -> str:
         return (
             f"accuracy {100 * r.base_accuracy:.1f} -> {100 * r.accuracy:.1f} % ({100 * r.label_agreement:.0f} % agree)"
         )
-    change = 100 * (r.perplexity / r.base_perplexity - 1)
-    return f"perplexity {r.base_perplexity:.2f} -> {r.perplexity:.2f} ({change:+.1f} %)"
+    return f"perplexity {r.base_perplexity:.2f} -> {r.perplexity:.2f} ({r.perplexity_change_pct:+.1f} %)"
 
 
 def comparison_table(paths: list[Path]) -> Table:
@@ -43,14 +41,13 @@ def comparison_table(paths: list[Path]) -> Table:
     ]:
         table.add_column(col, justify=just, no_wrap=col == "method")
     for r in reports:
-        extra = r.model_extra or {}
         table.add_row(
             r.method,
             Path(r.base_model).name,
-            f"{_mb(extra.get('linear_bytes'))} ({extra.get('linear_compression', 0):.2f}x)",
-            f"{_mb(r.size_bytes)} ({r.size_bytes / r.base_size_bytes:.2f}x)",
+            f"{_mb(r.linear_bytes)} ({r.linear_compression:.2f}x)",
+            f"{_mb(r.size_bytes)} ({r.size_ratio:.2f}x)",
             _quality(r),
-            f"{extra.get('quantize_time_s', 0):.0f}",
-            "yes" if extra.get("servable_by_vllm_cpu") else "no",
+            f"{r.quantize_time_s:.0f}",
+            "yes" if r.servable_by_vllm_cpu else "no",
         )
     return table

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench_classifier import bench, eval_classifier, offramp, points, served, train_classifier
 
+from offramp.artifacts import load_report
 from offramp.hardware import hardware_info
 from offramp.paths import write_json
 from offramp.reports import now_iso
@@ -40,7 +41,7 @@ def quantize(w: Path, method: str, log: Path) -> dict:
     if not (out / "quantize_report.json").is_file():
         offramp("quantize", str(w / "cls" / "merged"), "--method", method, "--calib", str(w / "data" / "train.jsonl"),
                 "--n-calib", "128", "--n-heldout", "231", "--out", str(out), "--overwrite", log=log)  # fmt: skip
-    report = json.loads((out / "quantize_report.json").read_text())
+    report = load_report(out / "quantize_report.json", "quantize").model_dump()
     return {k: report.get(k) for k in QUANTIZE_KEEP}
 
 

@@ -476,7 +476,6 @@ def run_bench(
     force: bool = False,
 ) -> dict[str, Any]:
     """Run the sweep and write `out/bench_report.json` (+ vLLM's raw results) atomically; return the report."""
-    from offramp.artifacts import BenchReport
     from offramp.reports import write_report
     from offramp.serve.cascade import local_kind
 
@@ -516,8 +515,7 @@ def run_bench(
                 "host_price": price.get("source") if price else None,
             },
         }
-        report = write_report(tmp / "bench_report.json", "bench", body)
-        BenchReport.model_validate(report)  # the contract later stages read; fail here, not there
+        report = write_report(tmp / "bench_report.json", "bench", body)  # checked against BenchReport first
     return report
 
 

@@ -162,6 +162,17 @@ def test_a_report_of_another_stage_is_refused(reports):
         load_report(reports["breakeven"], "cascade")
 
 
+def test_a_writer_that_drifts_from_its_schema_writes_nothing(reports, tmp_path):
+    """write_report checks a report another stage reads before writing it: the producer fails, not the consumer."""
+    from pydantic import ValidationError
+
+    body = json.loads(reports["emulate"].read_text())
+    del body["check"]["dense_perplexity"]
+    with pytest.raises(ValidationError, match="dense_perplexity"):
+        write_report(tmp_path / "emulate_report.json", "emulate", body)
+    assert not (tmp_path / "emulate_report.json").exists()
+
+
 def test_cascade_command_names_a_broken_breakeven_report(reports, tmp_path):
     data = json.loads(reports["breakeven"].read_text())
     _rename(data, "api.cost")
@@ -220,9 +231,9 @@ def test_the_verdict_names_whose_quality_and_whose_price_it_compares():
     from offramp.cost.prices import load_catalogue
     from offramp.cost.report import analyse
     from offramp.evals.report import cited_result
-    from offramp.evals.specs import CitedSystem
     from offramp.evals.tasks import load_task
     from offramp.pipeline.report import baseline_sources
+    from offramp.systems import CitedSystem
 
     task = load_task("banking77", per_label=1)
     cited = cited_result(CitedSystem("gpt-4-1shot-cited", "cited:banking77/gpt-4-1shot", "banking77/gpt-4-1shot"), task)

@@ -179,13 +179,18 @@ def test_config_accepts_the_rtn_method_and_rejects_unknown(tmp_path):
 
 
 def _quantize_outcome(root, method: str, servable: bool) -> dict:
+    """A checkpoint dir with the quantize report `offramp quantize` writes (every field the schema requires)."""
+    from offramp.reports import write_report
+
     ckpt = root / method
     ckpt.mkdir(parents=True)
-    note = "vLLM-CPU serves GPTQ on AVX-512 CPUs"
-    (ckpt / "quantize_report.json").write_text(
-        json.dumps({"servable_by_vllm_cpu_here": servable, "vllm_cpu_note": note, "size_ratio": 0.709,
-                    "linear_compression": 1.6, "perplexity_change_pct": 4.8, "hardware": {"cpu": "AMD EPYC"}})
-    )  # fmt: skip
+    write_report(ckpt / "quantize_report.json", "quantize", {
+        "method": method, "base_model": "tiny", "checkpoint_dir": str(ckpt), "size_bytes": 709,
+        "base_size_bytes": 1000, "size_ratio": 0.709, "linear_bytes": 500, "linear_compression": 1.6,
+        "quantize_time_s": 3.0, "servable_by_vllm_cpu": True, "servable_by_vllm_cpu_here": servable,
+        "vllm_cpu_note": "vLLM-CPU serves GPTQ on AVX-512 CPUs", "perplexity": 10.48, "base_perplexity": 10.0,
+        "perplexity_change_pct": 4.8,
+    })  # fmt: skip
     return {"method": method, "status": "done", "checkpoint": str(ckpt)}
 
 

@@ -186,6 +186,18 @@ def test_every_method_has_an_implementation_of_the_quantizer_protocol() -> None:
         get_method("nf5")
 
 
+def test_the_method_names_the_config_and_cli_take_are_the_implemented_ones() -> None:
+    """The names are declared once (offramp.artifacts.QuantizeMethod); each must have its METHODS entry."""
+    from offramp.artifacts import QUANTIZE_METHODS
+    from offramp.pipeline.config import QuantizeConfig
+    from offramp.quantize.methods import METHODS
+
+    assert set(METHODS) == set(QUANTIZE_METHODS) and len(METHODS) == 5
+    assert QuantizeConfig(methods=list(QUANTIZE_METHODS)).methods == list(QUANTIZE_METHODS)
+    with pytest.raises(ValueError, match="nf5"):
+        QuantizeConfig(methods=["nf5"])
+
+
 def test_out_of_disk_is_a_clear_error(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
@@ -212,9 +224,9 @@ def test_bnb_tiny_reloads_and_generates(quantized_tiny, tiny_model: Path, method
     assert report.method == method and extra["reload_check"]["passed"]
     # the reload check compared the saved checkpoint with the in-memory quantized model
     assert extra["reload_check"]["in_memory_perplexity"] == pytest.approx(report.perplexity, rel=0.01)
-    assert extra["linear_compression"] >= min_compression
-    assert extra["linear_bytes"] == size_summary(out, linear_prefixes(tiny_model))["linear_bytes"]
-    assert extra["servable_by_vllm_cpu"] is False and extra["library_versions"]["bitsandbytes"]
+    assert report.linear_compression >= min_compression
+    assert report.linear_bytes == size_summary(out, linear_prefixes(tiny_model))["linear_bytes"]
+    assert report.servable_by_vllm_cpu is False and extra["library_versions"]["bitsandbytes"]
     _reload_and_generate(out)
 
 
@@ -224,10 +236,10 @@ def test_w8a8_tiny_is_compressed_tensors_and_loads_in_runtime(quantized_tiny) ->
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "compressed-tensors"
     report = load_report(out / REPORT, "quantize")
-    assert report.model_extra["library_versions"]["llmcompressor"] and report.model_extra["servable_by_vllm_cpu"]
+    assert report.model_extra["library_versions"]["llmcompressor"] and report.servable_by_vllm_cpu
     assert report.model_extra["calibration"]["samples"] == 16
     # 8-bit on every linear layer but down_proj, which SmoothQuant does not smooth (kept 16-bit, as in the RTN one)
-    assert 1.4 <= report.model_extra["linear_compression"] < 1.95
+    assert 1.4 <= report.linear_compression < 1.95
     assert "model.layers.0.mlp.down_proj" in config["quantization_config"]["ignore"]
     _reload_and_generate(out)
 
@@ -241,11 +253,12 @@ def test_w8a8_rtn_tiny_is_data_free_and_keeps_down_proj(quantized_tiny, tiny_mod
     assert group["weights"]["strategy"] == "channel" and group["weights"]["num_bits"] == 8
     assert group["input_activations"]["dynamic"] and group["input_activations"]["strategy"] == "token"
     assert {"model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj", "lm_head"} <= set(qconfig["ignore"])
-    extra = load_report(out / REPORT, "quantize").model_extra
+    report = load_report(out / REPORT, "quantize")
+    extra = report.model_extra
     assert extra["calibration"]["samples"] == 0 and extra["settings"]["calibration_samples"] == 0
-    assert extra["reload_check"]["passed"] and extra["servable_by_vllm_cpu_here"]
+    assert extra["reload_check"]["passed"] and report.servable_by_vllm_cpu_here
     # 8-bit on every linear layer but down_proj (a fifth of the tiny model's linear weights)
-    assert 1.4 <= extra["linear_compression"] < 1.95
+    assert 1.4 <= report.linear_compression < 1.95
     _reload_and_generate(out)
 
 
@@ -305,11 +318,12 @@ def _served_once(checkpoint: Path) -> dict:
 
 def test_gptq_tiny_has_the_model_picked_group_size(quantized_tiny) -> None:
     out = quantized_tiny("gptq-w4a16")
-    extra = load_report(out / REPORT, "quantize").model_extra
+    report = load_report(out / REPORT, "quantize")
+    extra = report.model_extra
     assert extra["settings"]["group_size"] == 64 and extra["settings"]["bits"] == 4
     assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "gptq"
-    assert extra["linear_compression"] >= 3.0 and extra["reload_check"]["passed"]
-    assert extra["servable_by_vllm_cpu_here"] == cpu_has_avx512()
+    assert report.linear_compression >= 3.0 and extra["reload_check"]["passed"]
+    assert report.servable_by_vllm_cpu_here == cpu_has_avx512()
 
 
 @pytest.mark.vllm
@@ -359,7 +373,7 @@ def test_compare_prints_every_report(cli, quantized_tiny) -> None:
     proc = cli("quantize", "compare", *map(str, dirs), env={"COLUMNS": "160"})
     _ok(proc)
     assert "bnb-int8" in proc.stdout and "bnb-nf4" in proc.stdout and "measured on" in proc.stdout
-    ratio = load_report(dirs[1] / REPORT, "quantize").model_extra["linear_compression"]
+    ratio = load_report(dirs[1] / REPORT, "quantize").linear_compression
     assert f"({ratio:.2f}x)" in proc.stdout
     bad = cli("quantize", "compare", str(dirs[0].parent / "nope"))
     assert bad.returncode == 1 and "no such report" in bad.stderr
@@ -374,10 +388,9 @@ def test_smollm2_int8_keeps_quality(cli, smollm2: Path, tmp_path: Path) -> None:
     proc = cli("quantize", str(smollm2), "--method", "bnb-int8", "--out", str(out), "--n-heldout", "12")
     _ok(proc)
     report = load_report(out / REPORT, "quantize")
-    extra = report.model_extra
     # measured here: +7.4 % on 100 held-out Banking77 conversations (bnb LLM.int8 on CPU); a broken quantization
     # (or a garbage reload) is far beyond this
     assert abs(report.perplexity / report.base_perplexity - 1) <= 0.12
-    assert extra["linear_compression"] >= 1.9
+    assert report.linear_compression >= 1.9
     assert report.size_bytes < 0.75 * report.base_size_bytes  # tied bf16 embeddings (57 MB) stay
     assert _reload_and_generate(out).strip()

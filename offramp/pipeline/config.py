@@ -10,6 +10,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from offramp.artifacts import QuantizeMethod
 from offramp.errors import OfframpError
 
 
@@ -49,7 +50,7 @@ class ClassifierConfig(_Strict):
 class QuantizeConfig(_Strict):
     # quantizes the tuned model (merged) or, without finetune, the base model; each checkpoint vLLM can serve on
     # this host is evaluated as one more candidate
-    methods: list[Literal["bnb-nf4", "bnb-int8", "gptq-w4a16", "w8a8-int8", "w8a8-int8-rtn"]] = []
+    methods: list[QuantizeMethod] = []
     n_heldout: int = Field(32, ge=1)  # held-out conversations scored for the perplexity change
     args: list[str] = []  # extra `offramp quantize` flags, e.g. ["--n-calib", "64"]
 

@@ -215,7 +215,11 @@ def quantized_candidates(dirs: dict[str, Path], ev: dict | None, problems: list[
         by_name.setdefault(s["name"], []).append(s)
     rows = []
     for q in systems:
-        rep = _maybe(Path(q["checkpoint"]) / "quantize_report.json", None, problems) if q.get("checkpoint") else None
+        rep = (
+            _maybe(Path(q["checkpoint"]) / "quantize_report.json", "quantize", problems)
+            if q.get("checkpoint")
+            else None
+        )
         keep = ("size_ratio", "linear_compression", "perplexity_change_pct", "quantize_time_s", "hardware")
         rows.append(
             {

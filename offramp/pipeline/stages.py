@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -54,7 +53,7 @@ class Baselines:
 def resolve_baselines(cfg: PipelineConfig) -> Baselines:
     """The configured baselines this run can use: an API whose key is set (else its fallback), an endpoint, or a
     cited score of this very task. The others are named with the reason, so the verdict can say what to add."""
-    from offramp.evals.cited import lookup
+    from offramp.cited import lookup
 
     usable, missing = [], []
     if is_traffic(cfg.task.source):
@@ -202,7 +201,7 @@ def quantize(i: Inputs, w: Path, up: Up) -> None:
             _note(_log(w), f"quantize {method}: {status}: {e}")
             continue
         outcomes.append({"method": method, "status": "done", "checkpoint": str(out)})
-    (w / QUANTIZED).write_text(json.dumps({"source": src, "methods": outcomes}, indent=2))
+    write_json(w / QUANTIZED, {"source": src, "methods": outcomes})
 
 
 @dataclass
@@ -263,7 +262,7 @@ def evaluate(i: Inputs, w: Path, up: Up) -> None:
     # Each quantized checkpoint this host's vLLM serves gets its own server, up at the same time.
     c = i.config
     quantized = quantized_systems(up.get("quantize"), _candidate(up))
-    (w / QUANTIZED).write_text(json.dumps(quantized, indent=2))
+    write_json(w / QUANTIZED, quantized)
     for q in quantized:
         if q.get("note"):
             _note(_log(w), f"eval: {q['system']} not evaluated: {q['note']}")
@@ -527,14 +526,14 @@ def quantized_systems(quantize_dir: Path | None, candidate: str) -> list[dict]:
     if quantize_dir is None or not (quantize_dir / QUANTIZED).is_file():
         return []
     systems = []
-    for m in json.loads((quantize_dir / QUANTIZED).read_text())["methods"]:
+    for m in read_json(quantize_dir / QUANTIZED)["methods"]:
         entry = {"method": m["method"], "system": f"{candidate}-{m['method']}", "evaluated": False, **m}
         if m["status"] == "done":
-            report = json.loads((Path(m["checkpoint"]) / "quantize_report.json").read_text())
-            if report.get("servable_by_vllm_cpu_here") or accelerator() == "cuda":
+            report = load_report(Path(m["checkpoint"]) / "quantize_report.json", "quantize")
+            if report.servable_by_vllm_cpu_here or accelerator() == "cuda":
                 entry["evaluated"] = True
             else:
-                entry["note"] = f"vLLM cannot serve {m['method']} on this host ({report.get('vllm_cpu_note')})"
+                entry["note"] = f"vLLM cannot serve {m['method']} on this host ({report.vllm_cpu_note})"
         systems.append(entry)
     return systems
 
