@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from offramp.errors import OfframpError
-from offramp.evals.specs import EndpointSystem
 from offramp.paths import read_json, write_json
 from offramp.reports import now_iso
+from offramp.systems import EndpointSystem
 
 
 class ApiCache:

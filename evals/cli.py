@@ -64,9 +64,9 @@ def eval_command(
     gate. Classification: free and label-constrained answers, accuracy, macro-F1, per-label errors. Generation:
     free answers scored against the references by --metric."""
     from offramp.envs import require_env
-    from offramp.evals.specs import parse_systems
     from offramp.evals.tasks import load_task
     from offramp.expressions import parse_gate
+    from offramp.systems import parse_systems
 
     parsed_gate = parse_gate(gate) if gate is not None else None
     systems = parse_systems(system)
@@ -100,9 +100,9 @@ def eval_command(
 
 def _check_systems_fit_the_task(systems: list, eval_task: Any, parsed_gate: Any) -> None:
     """The gate's metric exists for this task kind; a cited score exists for this task (and is a classification)."""
-    from offramp.evals.cited import for_task
-    from offramp.evals.specs import CitedSystem
+    from offramp.cited import for_task
     from offramp.expressions import check_gate_metric
+    from offramp.systems import CitedSystem
 
     if parsed_gate is not None:
         check_gate_metric(parsed_gate, eval_task.kind, eval_task.metric)
@@ -118,7 +118,7 @@ def _check_systems_fit_the_task(systems: list, eval_task: Any, parsed_gate: Any)
 
 def _roles(systems: list, candidate: str | None, baseline: str | None, no_baseline: bool) -> tuple[str, str | None]:
     """(candidate, baseline): by default the first system and the last (none with one system or --no-baseline)."""
-    from offramp.evals.specs import CitedSystem
+    from offramp.systems import CitedSystem
 
     names = [s.name for s in systems]
     cand = candidate or names[0]

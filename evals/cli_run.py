@@ -12,7 +12,7 @@ from offramp.evals.tasks import EvalTask
 from offramp.expressions import Gate
 from offramp.paths import home
 from offramp.reports import write_report
-from offramp.evals.specs import EndpointSystem, LocalSystem, System
+from offramp.systems import EndpointSystem, LocalSystem, System
 
 REPORT = "eval_report.json"
 

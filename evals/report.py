@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from offramp.cited import METRIC_AS, for_task
 from offramp.errors import OfframpError
-from offramp.evals.cited import METRIC_AS, for_task
 from offramp.evals.gate import verdict
 from offramp.evals.metrics import (
     BOOTSTRAP_ITERS,
@@ -20,10 +20,10 @@ from offramp.evals.metrics import (
     text_agreement,
 )
 from offramp.evals.run import Answers
-from offramp.evals.specs import CitedSystem, EndpointSystem, System
 from offramp.evals.tasks import EvalTask
 from offramp.expressions import Gate
 from offramp.hardware import hardware_info
+from offramp.systems import CitedSystem, EndpointSystem, System
 
 
 def headline_mode(answers: Answers) -> str:

@@ -11,9 +11,9 @@ from offramp.errors import OfframpError
 from offramp.evals.api import ApiCache, Ledger, make_api_lm, probe
 from offramp.evals.metrics import INVALID, label_index, parse_answer
 from offramp.evals.scorers import FREE_GREEDY, LMEVAL_MULTIPLE_CHOICE, endpoint_scorer
-from offramp.evals.specs import EndpointSystem, LocalSystem
 from offramp.evals.tasks import STOP, EvalTask, build_lm_eval_tasks
 from offramp.hardware import accelerator, model_dtype
+from offramp.systems import EndpointSystem, LocalSystem
 
 
 @dataclass

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from offramp.evals.metrics import INVALID
-from offramp.evals.specs import EndpointSystem, LocalSystem
 from offramp.stats import wilson_interval
+from offramp.systems import EndpointSystem, LocalSystem
 
 LMEVAL_MULTIPLE_CHOICE = "lm-eval-multiple-choice"
 VLLM_STRUCTURED_CHOICE = "vllm-structured-choice"

@@ -13,7 +13,7 @@ from offramp.errors import OfframpError
 from offramp.evals.api import ApiCache, Ledger, post_with_retries
 from offramp.evals.gate import verdict
 from offramp.evals.metrics import INVALID, agreement, label_index, macro_f1, paired_difference, parse_answer, score
-from offramp.evals.specs import CitedSystem, EndpointSystem, LocalSystem, parse_system, parse_systems
+from offramp.systems import CitedSystem, EndpointSystem, LocalSystem, parse_system, parse_systems
 from offramp.expressions import parse_gate
 
 LABELS = ["card_arrival", "card_linking", "exchange_rate"]

@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 
 from offramp.errors import OfframpError
-from offramp.evals.specs import parse_system
 from offramp.providers import KEY_ENV, PROVIDERS
 from offramp.serve.cascade import Fallback
+from offramp.systems import parse_system
 
 
 def test_the_table():

@@ -175,7 +175,7 @@ def check_names(cfg: PipelineConfig, path: Path) -> None:
     """Every name a stage will look up, checked before the first stage runs, not after minutes of fine-tuning:
     the API and the host in the price catalogue (with the user's --prices files), and each baseline's spec."""
     from offramp.cost.prices import load_catalogue
-    from offramp.evals.specs import parse_system
+    from offramp.systems import parse_system
 
     def check(key: str, lookup) -> None:
         try:

@@ -6,7 +6,7 @@ SPEC is one of
 - an OpenAI-compatible endpoint: `openai:MODEL`, `anthropic:MODEL` (its OpenAI-compatible API), or a server URL
   `http://host:port/v1` (vLLM; `+model=NAME` picks the served model, `+key_env=VAR` names its key's env var,
   `+answers=constrained|free` asks a classification task for one answer mode only);
-- a cited published score: `cited:banking77/gpt-4-1shot` (see `offramp.evals.cited`).
+- a cited published score: `cited:banking77/gpt-4-1shot` (see `offramp.cited`).
 
 Keys come only from environment variables; a spec never holds a key.
 """
@@ -94,7 +94,7 @@ def parse_system(arg: str) -> System:
     if not _NAME.match(name):
         raise OfframpError(f"--system {arg!r}: the name must be letters, digits, '.', '_' or '-'")
     if spec.startswith("cited:"):
-        from offramp.evals.cited import lookup
+        from offramp.cited import lookup
 
         lookup(spec.removeprefix("cited:"))  # fail now on an unknown key
         return CitedSystem(name, spec, spec.removeprefix("cited:"))
