@@ -132,8 +132,9 @@ def _check_inputs(method: str | None, data_files: list[Path | None], price: floa
     from offramp.data import load_chat_jsonl
     from offramp.errors import OfframpError
 
-    if method is not None and method not in ("lora", "qlora"):
-        raise OfframpError(f"--method must be lora or qlora, got {method!r}")
+    choices = get_args(Recipe.model_fields["method"].annotation)
+    if method is not None and method not in choices:
+        raise OfframpError(f"--method must be {' or '.join(choices)}, got {method!r}")
     if price is not None and price < 0:
         raise OfframpError("--host-price-per-hour must be >= 0")
     for f in data_files:
