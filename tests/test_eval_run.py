@@ -283,3 +283,28 @@ def test_vllm_endpoint_structured_choice(cli, vllm_tiny, mini, tmp_path):
     assert s["modes"]["free"]["invalid_rate"] > 50.0  # random weights do not spell labels unconstrained
     assert s["usage"]["requests"] == 24 and s["usage"]["input_tokens"] > 0
     assert s["cost"]["source"] == "none"
+
+
+def test_the_scorers_offramp_eval_runs_answer_through_the_one_interface(smollm2, vllm_tiny, mini):
+    """lm-eval's multiple_choice and the label-trie search are one argmax (each label + end of turn after the
+    chat-templated prompt), so through `ConstrainedScorer` they must pick the same label for every query (SmolLM2:
+    a random model picks one label for all); vLLM's structured choice, through the same interface, must answer a
+    label for every query."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from offramp.evals.metrics import INVALID
+    from offramp.evals.scorers import EndpointStructuredChoice, LabelTrieArgmax, LmEvalMultipleChoice
+    from offramp.systems import parse_system
+
+    task = load_task(str(mini[0]))
+    prompts = [q.messages for q in task.queries]
+    lm_eval = LmEvalMultipleChoice(parse_system(f"smollm2={smollm2}")).predict(prompts, task.labels)
+    model = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32).eval()
+    trie = LabelTrieArgmax(model, AutoTokenizer.from_pretrained(smollm2)).predict(prompts, task.labels)
+    assert lm_eval == trie and len(set(trie)) > 1
+
+    served = EndpointStructuredChoice(parse_system(f"s={vllm_tiny.api_base}+model={vllm_tiny.model_name}"))
+    assert served.name == "vllm-structured-choice"
+    preds = served.predict(prompts, task.labels)
+    assert len(preds) == len(prompts) and INVALID not in preds
