@@ -155,16 +155,28 @@ def _sacrebleu(metric: str):
     return {"bleu": BLEU, "chrf": CHRF}[metric]()
 
 
-# sacrebleu 2.x has no public API for per-segment statistics: its own paired bootstrap (sacrebleu.significance)
-# calls these two private methods of the metric, and so do we, in these two places only. The sacrebleu version
-# is pinned by the runtime lock; tests/test_eval_units.py::test_sacrebleu_private_stats_api_is_still_there fails,
-# naming them, when an upgrade changes them.
 def _segment_stats(metric: str, hyps: list[str], refs: Sequence[str]) -> list[list[float]]:
-    return _sacrebleu(metric)._extract_corpus_statistics(hyps, [list(refs)])
+    """Per-segment statistics that sum to the corpus score's. BLEU's are public (a sentence score's lengths and n-gram
+    counts). chrF has no public API for them: sacrebleu's own paired bootstrap (sacrebleu.significance) calls the
+    metric's private `_extract_corpus_statistics` / `_compute_score_from_stats`, and so do we, for chrF only. The
+    runtime lock pins sacrebleu; tests/test_eval_units.py::test_sacrebleu_private_stats_api_is_still_there fails,
+    naming them, when an upgrade changes them."""
+    if metric == "chrf":
+        return _sacrebleu("chrf")._extract_corpus_statistics(hyps, [list(refs)])
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU(effective_order=True)  # the counts do not depend on it; it only silences the sentence-level warning
+    scores = [bleu.sentence_score(h, [r]) for h, r in zip(hyps, refs, strict=True)]
+    return [[s.sys_len, s.ref_len, *s.counts, *s.totals] for s in scores]
 
 
-def _score_from_stats(scorer: Any, summed: list[int]) -> float:
-    return scorer._compute_score_from_stats(summed).score
+def _score_from_stats(metric: str, scorer: Any, summed: list[int]) -> float:
+    if metric == "chrf":
+        return scorer._compute_score_from_stats(summed).score
+    n = scorer.max_ngram_order
+    sys_len, ref_len, correct, total = summed[0], summed[1], summed[2 : 2 + n], summed[2 + n :]
+    args = {"smooth_method": scorer.smooth_method, "smooth_value": scorer.smooth_value}
+    return scorer.compute_bleu(correct, total, sys_len, ref_len, **args, max_ngram_order=n).score
 
 
 def query_stats(metric: str, preds: Sequence[str | None], refs: Sequence[str]) -> np.ndarray:
@@ -184,7 +196,7 @@ def resampled_scores(metric: str, stats: np.ndarray, idx: np.ndarray) -> np.ndar
         return stats[idx, 0].mean(axis=1)
     scorer = _sacrebleu(metric)
     sums = stats[idx].sum(axis=1)
-    return np.array([_score_from_stats(scorer, s.astype(int).tolist()) for s in sums])
+    return np.array([_score_from_stats(metric, scorer, s.astype(int).tolist()) for s in sums])
 
 
 def corpus_score(metric: str, preds: Sequence[str | None], refs: Sequence[str]) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -13,8 +12,9 @@ from offramp.errors import OfframpError
 from offramp.evals.api import ApiCache, Ledger, post_with_retries
 from offramp.evals.gate import verdict
 from offramp.evals.metrics import INVALID, agreement, label_index, macro_f1, paired_difference, parse_answer, score
-from offramp.systems import CitedSystem, EndpointSystem, LocalSystem, parse_system, parse_systems
 from offramp.expressions import parse_gate
+from offramp.serve.server import free_port
+from offramp.systems import CitedSystem, EndpointSystem, LocalSystem, parse_system, parse_systems
 
 LABELS = ["card_arrival", "card_linking", "exchange_rate"]
 
@@ -281,12 +281,6 @@ def test_retry_policy_against_fake_server():
 # ---- bad input through the CLI: one clear line, exit != 0 ----------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _chat(user: str, answer: str | None) -> str:
     msgs = [{"role": "user", "content": user}] + ([{"role": "assistant", "content": answer}] if answer else [])
     return json.dumps({"messages": msgs})
@@ -297,7 +291,7 @@ def test_bad_inputs(cli, tmp_path):
     no_labels.write_text(_chat("hello", None) + "\n")
     good = tmp_path / "good.jsonl"
     good.write_text("\n".join(_chat(f"q{i}", "yes" if i % 2 else "no") for i in range(4)) + "\n")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     env = {"OPENAI_API_KEY": ""}
     cases = [
@@ -357,19 +351,32 @@ def test_corpus_metric_matches_sacrebleu_and_resamples_from_stats(metric):
 
 
 def test_sacrebleu_private_stats_api_is_still_there():
-    """evals/metrics.py reads per-segment statistics through sacrebleu's private API (there is no public one): if an
-    upgrade renames or reshapes it, this says so by name instead of the intervals going quietly wrong."""
+    """evals/metrics.py reads chrF's per-segment statistics through sacrebleu's private API (there is no public one):
+    if an upgrade renames or reshapes it, this says so by name instead of the intervals going quietly wrong."""
     import inspect
 
-    from sacrebleu.metrics import BLEU, CHRF
+    from sacrebleu.metrics import CHRF
 
-    for cls, width in ((BLEU, 2 + 2 * 4), (CHRF, 3 * 6)):  # BLEU: 2 lengths, 2 per n-gram order; chrF: 3 per char order
-        for name in ("_extract_corpus_statistics", "_compute_score_from_stats"):
-            assert callable(getattr(cls, name, None)), f"sacrebleu {cls.__name__}.{name} is gone: see evals/metrics.py"
-        params = list(inspect.signature(cls._extract_corpus_statistics).parameters)
-        assert params == ["self", "hypotheses", "references"], f"sacrebleu changed {cls.__name__}'s stats API"
-        stats = cls()._extract_corpus_statistics(["a b c d", "e f"], [["a b c d", "e g"]])
-        assert np.asarray(stats).shape == (2, width), f"sacrebleu {cls.__name__} segment stats changed shape"
+    for name in ("_extract_corpus_statistics", "_compute_score_from_stats"):
+        assert callable(getattr(CHRF, name, None)), f"sacrebleu CHRF.{name} is gone: see evals/metrics.py"
+    params = list(inspect.signature(CHRF._extract_corpus_statistics).parameters)
+    assert params == ["self", "hypotheses", "references"], "sacrebleu changed CHRF's stats API"
+    stats = CHRF()._extract_corpus_statistics(["a b c d", "e f"], [["a b c d", "e g"]])
+    assert np.asarray(stats).shape == (2, 3 * 6), "sacrebleu CHRF segment stats changed shape"  # 3 per char order
+
+
+@pytest.mark.parametrize("metric", ["bleu", "chrf"])
+def test_summed_segment_stats_give_lm_evals_corpus_score(metric):
+    """A bootstrap resample is scored from summed per-segment statistics: summed over every query once, they must
+    give the corpus score lm-eval's aggregation computes from the texts."""
+    from offramp.evals.metrics import corpus_score, query_stats, resampled_scores
+
+    refs = [f"the card number {i} arrived on day {i % 7} of the week" for i in range(30)]
+    hyps = [r if i % 3 else f"my card {i} has not arrived yet" for i, r in enumerate(refs)]
+    hyps[4] = ""
+    whole = resampled_scores(metric, query_stats(metric, hyps, refs), np.arange(30)[None, :])
+    point = corpus_score(metric, hyps, refs)
+    assert 10 < point < 95 and whole[0] == pytest.approx(point, abs=1e-6)
 
 
 def test_generation_intervals_and_paired_difference():
