@@ -112,6 +112,8 @@ CASES = [
          {"compare/config.json": '{"model_type": "llama"}'}),
     Case("finetune: --data missing", ["finetune", "smollm2-135m-instruct", "--data", "nope.jsonl"],
          "nope.jsonl: no such file"),
+    Case("finetune: unknown --method", ["finetune", "m", "--data", "nope.jsonl", "--method", "dora"],
+         "--method must be lora or qlora, got 'dora'$"),
     Case("run: gate as a fraction", ["run", "cfg.yaml"], "0.8 looks like a fraction",
          {"cfg.yaml": "name: probe\ngate: accuracy>=0.8\n"}),
     Case("run: name escapes the runs dir", ["run", "cfg.yaml"], "must be one path component",
