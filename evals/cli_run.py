@@ -45,8 +45,8 @@ def run_eval(
                 s, task, cache=endpoint_cache, max_attempts=max_attempts, concurrency=concurrency
             )
     body = build_body(task, systems, answers, gate=gate, candidate=candidate, baseline=baseline, seed=seed)
-    # one file, written atomically (temp + rename); other files in `out` (e.g. a pipeline's stage.log) are kept
-    Path(out).mkdir(parents=True, exist_ok=True)
-    report = write_report(Path(out) / REPORT, "eval", body)  # checked against EvalReport before it is written
+    # checked against EvalReport, then one file written atomically (temp + rename; `out` is made only then); other
+    # files in `out` (e.g. a pipeline's stage.log) are kept
+    report = write_report(Path(out) / REPORT, "eval", body)
     print_table(body, str(Path(out) / REPORT))
     return report
